@@ -1,0 +1,112 @@
+"""The whole pipeline as one Prefect flow: each stage is a task that runs through DVC.
+
+    python -m flows.pipeline          # from the project root
+
+Each task asks DVC to reproduce one stage, so a flow run and `dvc repro` are the same
+computation and both keep dvc.lock as the single record of what was built from what.
+The flow run is one MLflow parent run; every stage that runs logs a child run under it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from tasks.common import apply_env_defaults
+
+apply_env_defaults()
+
+from prefect import flow, get_run_logger, task  # noqa: E402  (env must be set before import)
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+
+from tasks.common import read_json  # noqa: E402
+from tasks.tracking import PARENT_ENV, configure, flatten  # noqa: E402
+
+STAGES = ("ingest", "validate", "tokenize", "pretrain", "finetune", "evaluate", "register")
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+@task(task_run_name="{stage}")
+def dvc_stage(stage: str, root: str, parent_run_id: str) -> dict:
+    """Reproduce one DVC stage; report whether it ran or was up to date."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    # The stage process must use this interpreter and nest its MLflow run under ours.
+    env = {PARENT_ENV: parent_run_id, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if os.environ.get("MLFLOW_TRACKING_URI") is None:
+        import mlflow
+
+        env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    start = time.perf_counter()
+    try:
+        with Repo(root) as repo:
+            ran = repo.reproduce(stage, single_item=True, run_env=env)
+    except DvcException as err:
+        raise StageFailed(f"stage '{stage}' failed: {err}; see its message above") from None
+    return {"stage": stage, "ran": bool(ran), "seconds": round(time.perf_counter() - start, 1)}
+
+
+def summary_markdown(results: list[dict], metrics: dict, registered: dict, run_id: str) -> str:
+    rows = "\n".join(f"| {r['stage']} | {'ran' if r['ran'] else 'up to date'} | {r['seconds']} |" for r in results)
+    t, b = metrics["test"], metrics["baseline"]
+    return (
+        "## Pipeline run\n\n| stage | status | seconds |\n|---|---|---|\n" + rows + "\n\n"
+        "| model | accuracy | macro-F1 |\n|---|---|---|\n"
+        f"| fine-tuned | {t['accuracy']:.4f} | {t['macro_f1']:.4f} |\n"
+        f"| TF-IDF baseline | {b['accuracy']:.4f} | {b['macro_f1']:.4f} |\n\n"
+        f"Registered `{registered['name']}` version {registered['version']} as `@{registered['alias']}`; "
+        f"MLflow parent run `{run_id}`.\n"
+    )
+
+
+@flow(name="text-classifier-pipeline")
+def pipeline(root: str = ".") -> dict:
+    import mlflow
+
+    from tasks.config import load_params
+
+    logger = get_run_logger()
+    root_path = Path(root).resolve()
+    if not (root_path / "dvc.yaml").exists():
+        raise StageFailed(f"{root_path} has no dvc.yaml: run the flow from the project root")
+    os.chdir(root_path)  # DVC resolves stage names against the working folder
+    params = load_params(root_path / "params.yaml")
+    configure(root_path)
+    with mlflow.start_run(run_name="pipeline") as parent:
+        mlflow.log_params(flatten(params.model_dump(by_alias=True)))
+        results = []
+        for stage in STAGES:
+            result = dvc_stage(stage, str(root_path), parent.info.run_id)
+            logger.info("%s: %s in %.1f s", stage, "ran" if result["ran"] else "up to date", result["seconds"])
+            results.append(result)
+        metrics = read_json(root_path / "reports/metrics.json")
+        registered = read_json(root_path / "reports/registered.json")
+        mlflow.log_metrics({k: v for k, v in flatten(metrics).items() if isinstance(v, (int, float))})
+        mlflow.log_artifact(str(root_path / "reports/metrics.json"))
+        mlflow.log_artifacts(str(root_path / "reports/evaluation"), "evaluation")
+        mlflow.set_tags({"stages_ran": ",".join(r["stage"] for r in results if r["ran"]) or "none",
+                         "registered_version": registered["version"]})
+        create_markdown_artifact(summary_markdown(results, metrics, registered, parent.info.run_id), key="pipeline-summary")
+    return {"results": results, "metrics": metrics, "registered": registered, "run_id": parent.info.run_id}
+
+
+def print_summary(out: dict) -> None:
+    t, b, reg = out["metrics"]["test"], out["metrics"]["baseline"], out["registered"]
+    print()
+    print(f"test accuracy  {t['accuracy']:.4f}   macro-F1 {t['macro_f1']:.4f}   (pretrained + fine-tuned)")
+    print(f"test accuracy  {b['accuracy']:.4f}   macro-F1 {b['macro_f1']:.4f}   (TF-IDF + logistic regression)")
+    print(f"report         {Path('reports/evaluation/index.html').resolve()}")
+    print(f"registered     {reg['name']} version {reg['version']} alias @{reg['alias']}  ({reg['model_uri']})")
+
+
+if __name__ == "__main__":
+    try:
+        print_summary(pipeline())
+    except StageFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None

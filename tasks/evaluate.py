@@ -1,0 +1,146 @@
+"""evaluate: test-split metrics for the fine-tuned model beside a TF-IDF + logistic-regression baseline.
+
+    python -m tasks.evaluate          # writes reports/metrics.json, reports/evaluation/
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+from tasks.common import atomic_dir, run_stage, write_json_atomic
+from tasks.config import Params, load_params
+
+VALIDATED_DIR = Path("data/validated")
+DATA_DIR = Path("data/tokenized")
+MODEL_DIR = Path("checkpoints/finetuned")
+METRICS_FILE = Path("reports/metrics.json")
+REPORT_DIR = Path("reports/evaluation")
+
+
+def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int) -> float:
+    """Gap between confidence and accuracy, averaged over equal-width confidence bins."""
+    conf, pred = proba.max(1), proba.argmax(1)
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            ece += sel.mean() * abs((pred[sel] == y[sel]).mean() - conf[sel].mean())
+    return float(ece)
+
+
+def classification_metrics(y: np.ndarray, proba: np.ndarray, labels: list[str], ece_bins: int) -> dict:
+    pred = proba.argmax(1)
+    p, r, f, support = precision_recall_fscore_support(y, pred, labels=range(len(labels)), zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "macro_f1": float(f1_score(y, pred, average="macro", labels=range(len(labels)), zero_division=0)),
+        "ece": expected_calibration_error(proba, y, ece_bins),
+        "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
+                      for i, name in enumerate(labels)},
+    }
+
+
+def tfidf_baseline(train: pd.DataFrame, test: pd.DataFrame, labels: list[str], max_features: int, seed: int) -> np.ndarray:
+    """Word 1-2 grams + character 2-5 grams, logistic regression: the bar a neural model must clear."""
+    from scipy.sparse import hstack
+
+    word = TfidfVectorizer(ngram_range=(1, 2), max_features=max_features, sublinear_tf=True, min_df=2)
+    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), max_features=max_features, sublinear_tf=True, min_df=2)
+    x_train = hstack([word.fit_transform(train["text"]), char.fit_transform(train["text"])]).tocsr()
+    x_test = hstack([word.transform(test["text"]), char.transform(test["text"])]).tocsr()
+    y_train = train["label"].map({n: i for i, n in enumerate(labels)}).to_numpy()
+    clf = LogisticRegression(C=4.0, max_iter=2000, random_state=seed).fit(x_train, y_train)
+    return clf.predict_proba(x_test)
+
+
+def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=30)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, cm[i, j], ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def render_report(model: dict, baseline: dict, labels: list[str]) -> str:
+    esc = html.escape
+    head = "<tr><th></th><th>accuracy</th><th>macro-F1</th><th>ECE</th></tr>"
+    overall = "".join(f"<tr><td>{name}</td><td>{m['accuracy']:.4f}</td><td>{m['macro_f1']:.4f}</td><td>{m['ece']:.4f}</td></tr>"
+                      for name, m in (("fine-tuned model", model), ("TF-IDF + logistic regression", baseline)))
+    per_class = "".join(
+        f"<tr><td>{esc(c)}</td>" + "".join(f"<td>{m['per_class'][c][k]:.3f}</td>" for m in (model, baseline) for k in ("precision", "recall", "f1"))
+        + f"<td>{model['per_class'][c]['support']}</td></tr>" for c in labels)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Evaluation</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em}} table{{border-collapse:collapse;margin-bottom:2em}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child{{text-align:left}}</style></head><body>
+<h1>Evaluation on the test split</h1><table>{head}{overall}</table>
+<h2>Per class (model | baseline)</h2><table><tr><th>class</th><th>P</th><th>R</th><th>F1</th><th>P</th><th>R</th><th>F1</th><th>support</th></tr>{per_class}</table>
+<h2>Confusion matrices</h2><img src="confusion_matrix.png" alt="model confusion matrix"> <img src="baseline_confusion_matrix.png" alt="baseline confusion matrix">
+</body></html>
+"""
+
+
+def evaluate(params: Params) -> dict:
+    import datasets
+
+    import torch
+
+    from tasks.finetune import load_classifier, predict_proba
+
+    model, labels = load_classifier(MODEL_DIR)
+    test = datasets.load_from_disk(str(DATA_DIR / "test"))
+    y = np.array(test["label"])
+    proba = predict_proba(model, test["input_ids"], torch.device("cpu"))
+    train_df = pd.read_parquet(VALIDATED_DIR / "train.parquet")
+    test_df = pd.read_parquet(VALIDATED_DIR / "test.parquet")
+    base_proba = tfidf_baseline(train_df, test_df, labels, params.evaluate.baseline_max_features, params.seed)
+    ours = classification_metrics(y, proba, labels, params.evaluate.ece_bins)
+    base = classification_metrics(y, base_proba, labels, params.evaluate.ece_bins)
+    with atomic_dir(REPORT_DIR) as tmp:
+        plot_confusion(confusion_matrix(y, proba.argmax(1), labels=range(len(labels))), labels, tmp / "confusion_matrix.png", "fine-tuned model")
+        plot_confusion(confusion_matrix(y, base_proba.argmax(1), labels=range(len(labels))), labels, tmp / "baseline_confusion_matrix.png", "TF-IDF baseline")
+        (tmp / "index.html").write_text(render_report(ours, base, labels))
+        # One row per test example, for `dvc plots show` (confusion template).
+        pd.DataFrame({"actual": [labels[i] for i in y], "predicted": [labels[i] for i in proba.argmax(1)]}).to_csv(tmp / "predictions.csv", index=False)
+    metrics = {"test": ours, "baseline": base, "test_rows": int(len(y))}
+    write_json_atomic(METRICS_FILE, metrics)
+    return metrics
+
+
+def main() -> None:
+    import mlflow
+
+    from tasks.tracking import flatten, stage_run
+
+    params = load_params()
+    with stage_run("evaluate", {"evaluate": params.evaluate.model_dump()}):
+        metrics = evaluate(params)
+        mlflow.log_metrics({k: v for k, v in flatten(metrics).items()})
+        mlflow.log_artifacts(str(REPORT_DIR), "evaluation")
+        mlflow.log_artifact(str(METRICS_FILE))
+    t, b = metrics["test"], metrics["baseline"]
+    print(f"evaluate: model accuracy {t['accuracy']:.4f} macro-F1 {t['macro_f1']:.4f} | "
+          f"TF-IDF baseline accuracy {b['accuracy']:.4f} macro-F1 {b['macro_f1']:.4f}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

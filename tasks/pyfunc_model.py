@@ -1,0 +1,79 @@
+"""The registered model: raw strings in, labels and class probabilities out.
+
+Logged as an MLflow "model from code": MLflow stores this file and runs it at load time
+instead of unpickling an object, and `models/` travels with it as code, so the model loads
+without this repository on the path. Weights load from safetensors: nothing is unpickled.
+Only `models/` may be imported here: `tasks/` does not travel with the model.
+"""
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.models import set_model
+from mlflow.pyfunc import PythonModel
+from safetensors.torch import load_model
+from tokenizers import Tokenizer
+
+from models.transformer import Classifier, EncoderConfig
+
+TEXT_COLUMN = "text"
+
+
+class TextClassifier(PythonModel):
+    def load_context(self, context) -> None:
+        meta = json.loads(open(context.artifacts["config"]).read())
+        self.labels = meta["labels"]
+        self.tokenizer = Tokenizer.from_file(context.artifacts["tokenizer"])
+        self.model = Classifier(EncoderConfig(**meta["model_config"]), len(self.labels))
+        load_model(self.model, context.artifacts["weights"])
+        self.model.eval()
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        texts = _as_texts(model_input)
+        proba = self._proba(texts) if texts else np.zeros((0, len(self.labels)), dtype=np.float32)
+        out = pd.DataFrame({"label": [self.labels[i] for i in proba.argmax(1)] if texts else []})
+        for i, name in enumerate(self.labels):
+            out[f"proba_{name}"] = proba[:, i].astype(np.float64)
+        return out
+
+    @torch.no_grad()
+    def _proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            seqs = [e.ids for e in self.tokenizer.encode_batch(texts[start : start + batch_size])]
+            width = max(len(s) for s in seqs)
+            ids = torch.zeros((len(seqs), width), dtype=torch.long)
+            for i, s in enumerate(seqs):
+                ids[i, : len(s)] = torch.tensor(s)
+            out.append(torch.softmax(self.model(ids, ids != 0), dim=-1).numpy())
+        return np.concatenate(out)
+
+
+def _as_texts(model_input) -> list[str]:
+    """Accept a list/array/Series of strings or a DataFrame with a `text` column; reject the rest."""
+    if isinstance(model_input, pd.DataFrame):
+        # A plain list arrives here as a one-column frame named 0.
+        if TEXT_COLUMN in model_input.columns:
+            values = model_input[TEXT_COLUMN].tolist()
+        elif model_input.shape[1] == 1:
+            values = model_input.iloc[:, 0].tolist()
+        else:
+            raise mlflow.exceptions.MlflowException.invalid_parameter_value(
+                f"input must have a '{TEXT_COLUMN}' column; got {list(model_input.columns)}")
+    elif isinstance(model_input, (list, tuple, np.ndarray, pd.Series)):
+        values = list(model_input)
+    else:
+        raise mlflow.exceptions.MlflowException.invalid_parameter_value(
+            f"input must be a list of strings or a DataFrame with a '{TEXT_COLUMN}' column; got {type(model_input).__name__}")
+    bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
+    if bad:
+        raise mlflow.exceptions.MlflowException.invalid_parameter_value(
+            f"every input must be a string; item(s) {bad[:5]} are not")
+    return values
+
+
+set_model(TextClassifier())

@@ -1,0 +1,34 @@
+"""Text repair and the normalisation used to find duplicates across splits."""
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+
+import ftfy
+
+# ftfy's decoding is only trusted when it yields Latin text: on byte soup it can "repair"
+# into Armenian or Cyrillic letters that were never there.
+_PLAUSIBLE = re.compile(r"^[\x00-\x7f\xa0-\xff\u2000-\u206f\u20ac]*$")
+# Two or more Latin-1/C1 characters in a row (underscores between them allowed) is the
+# residue of an encoding round trip that no codec reverses; real text rarely has it.
+_RESIDUE = re.compile(r"_?(?:[\x80-\xff]_?){2,}")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_SPACE = re.compile(r"\s+")
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+def clean_text(text: str) -> str:
+    """Unescape HTML, repair standard mojibake, drop irrecoverable byte runs and controls."""
+    text = html.unescape(text)
+    repaired = ftfy.fix_encoding(text)
+    if repaired != text and _PLAUSIBLE.match(repaired):
+        text = repaired
+    text = _CONTROL.sub("", _RESIDUE.sub("", text))
+    return _SPACE.sub(" ", text).strip()
+
+
+def normalise(text: str) -> str:
+    """Key under which two texts count as the same: case, punctuation and spacing ignored."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return _SPACE.sub(" ", _NON_WORD.sub(" ", text)).strip()

@@ -1,0 +1,96 @@
+"""tokenize: train a subword tokenizer on the training split only, encode every split.
+
+    python -m tasks.tokenize          # reads data/validated/, writes checkpoints/tokenizer/ and data/tokenized/
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from tasks.common import atomic_dir, run_stage, write_json_atomic
+from tasks.config import TokenizeParams, load_params
+from tasks.ingest import SPLITS
+
+IN_DIR = Path("data/validated")
+OUT_DIR = Path("data/tokenized")
+TOKENIZER_DIR = Path("checkpoints/tokenizer")
+# Fixed ids, so models can rely on pad_id == 0 and find [MASK] without a lookup.
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def build_tokenizer(cfg: TokenizeParams) -> tuple[Tokenizer, object]:
+    norm = [normalizers.NFKC()] + ([normalizers.Lowercase()] if cfg.lowercase else [])
+    if cfg.kind == "bpe":
+        # Byte-level BPE: every input is representable, so no text maps to [UNK].
+        tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        )
+    else:
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        )
+    tok.normalizer = normalizers.Sequence(norm)
+    return tok, trainer
+
+
+def train_tokenizer(texts: list[str], cfg: TokenizeParams) -> Tokenizer:
+    tok, trainer = build_tokenizer(cfg)
+    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    tok.enable_truncation(cfg.max_length)
+    return tok
+
+
+def encode(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
+    return [e.ids for e in tok.encode_batch(texts)]
+
+
+def tokenize(cfg: TokenizeParams, labels: list[str], in_dir: Path = IN_DIR, out_dir: Path = OUT_DIR,
+             tokenizer_dir: Path = TOKENIZER_DIR) -> dict:
+    import datasets
+
+    splits = {s: pd.read_parquet(in_dir / f"{s}.parquet") for s in SPLITS}
+    tok = train_tokenizer(splits["train"]["text"].tolist(), cfg)
+    label_ids = {name: i for i, name in enumerate(labels)}
+    stats = {"vocab_size": tok.get_vocab_size()}
+    with atomic_dir(out_dir) as tmp:
+        for s, df in splits.items():
+            ids = encode(tok, df["text"].tolist())
+            ds = datasets.Dataset.from_dict({"input_ids": ids, "label": df["label"].map(label_ids).tolist()})
+            ds.save_to_disk(str(tmp / s))
+            lengths = [len(x) for x in ids]
+            stats[f"{s}_tokens"] = sum(lengths)
+            stats[f"{s}_truncated"] = sum(n >= cfg.max_length for n in lengths)
+        write_json_atomic(tmp / "stats.json", stats)
+    with atomic_dir(tokenizer_dir) as tmp:
+        tok.save(str(tmp / "tokenizer.json"))
+        write_json_atomic(tmp / "labels.json", labels)
+    return stats
+
+
+def main() -> None:
+    from tasks.tracking import stage_run
+
+    params = load_params()
+    with stage_run("tokenize", {"tokenize": params.tokenize.model_dump()}):
+        import mlflow
+
+        stats = tokenize(params.tokenize, params.ingest.labels)
+        mlflow.log_metrics(stats)
+    print(f"tokenize: vocabulary {stats['vocab_size']}, {stats['train_tokens']} training tokens")
+
+
+if __name__ == "__main__":
+    run_stage(main)

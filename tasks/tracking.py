@@ -1,0 +1,71 @@
+"""MLflow wiring: one experiment, an artifact folder in the repo, child runs under a parent.
+
+The pipeline flow opens the parent run and hands its id to each stage process through
+PIPELINE_PARENT_RUN_ID (not MLFLOW_RUN_ID, which would make the stage resume the parent
+instead of nesting under it). A stage run from plain `dvc repro` gets a top-level run.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+PARENT_ENV = "PIPELINE_PARENT_RUN_ID"
+EXPERIMENT_ENV = "PIPELINE_EXPERIMENT"
+DEFAULT_EXPERIMENT = "text-classifier-pipeline"
+
+
+def configure(root: Path | None = None) -> str:
+    """Point MLflow at the embedded store unless the user set a tracking URI; return the experiment id."""
+    import mlflow
+
+    root = Path(root or Path.cwd()).resolve()
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    name = os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        # The default artifact root is ./mlruns under whatever folder first creates the
+        # experiment; pin it so artifacts always land beside the database.
+        location = _local_artifact_root(root)
+        exp_id = client.create_experiment(name, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def _local_artifact_root(root: Path) -> str | None:
+    """mlartifacts/ beside a SQLite database; a tracking server chooses its own root."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: dict | None = None) -> Iterator["object"]:
+    """Open this stage's MLflow run (a child of the pipeline's run when there is one)."""
+    import mlflow
+
+    configure()
+    parent = os.environ.get(PARENT_ENV) or None
+    with mlflow.start_run(run_name=stage, parent_run_id=parent, tags={"pipeline.stage": stage}) as run:
+        if params:
+            mlflow.log_params(flatten(params))
+        yield run

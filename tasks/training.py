@@ -1,0 +1,115 @@
+"""What pretrain and finetune share: schedule, checkpoints, batching, throughput."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+from tasks.common import StageError, read_json, write_json_atomic
+
+
+def warmup_cosine(warmup: int, total: int, floor: float = 0.1):
+    """LR multiplier: linear warm-up, then cosine decay to `floor` of the peak."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def save_checkpoint(directory: Path, model: nn.Module, meta: dict, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Weights (and optimizer tensors) as safetensors, everything else as JSON: no pickle."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(directory / "model.safetensors"))
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        tensors = {f"{idx}.{name}": t.contiguous() for idx, s in state["state"].items() for name, t in s.items()}
+        save_file(tensors, str(directory / "optimizer.safetensors"))
+        meta = {**meta, "optimizer_param_groups": state["param_groups"]}
+    write_json_atomic(directory / "checkpoint.json", meta)
+
+
+def load_optimizer_state(directory: Path, optimizer: torch.optim.Optimizer) -> None:
+    meta = read_json(directory / "checkpoint.json")
+    state: dict = {}
+    for key, tensor in load_file(str(directory / "optimizer.safetensors")).items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = tensor
+    optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
+
+
+def load_weights(directory: Path, model: nn.Module, strict: bool = True) -> None:
+    path = directory / "model.safetensors"
+    if not path.exists():
+        raise StageError(f"{path} not found: run the stage that writes it first")
+    load_model(model, str(path), strict=strict)
+
+
+def load_encoder_weights(path: Path, encoder: nn.Module) -> None:
+    """Copy the `encoder.*` tensors of a pretrained checkpoint into a fresh encoder."""
+    weights = load_file(str(path))
+    state = {k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")}
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise StageError(
+            f"{path} does not fit the model in params.yaml (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+            "re-run pretrain after changing the model section"
+        )
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return ids, ids != pad_id
+
+
+def length_bucketed_batches(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """Shuffled batches of similar-length examples, so little compute goes to padding."""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    pool = batch_size * 50
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    perm = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in perm]
+
+
+def count_params(model: nn.Module, exclude_embeddings: bool = True) -> int:
+    n = sum(p.numel() for p in model.parameters())
+    if exclude_embeddings:
+        n -= sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
+    return n
+
+
+def flops_per_token(model: nn.Module, n_layers: int, d_model: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6N for the matmuls plus the attention scores (PaLM appendix B)."""
+    return 6 * count_params(model) + 12 * n_layers * d_model * seq_len
+
+
+def measure_matmul_peak(device: torch.device, size: int = 1024, repeats: int = 8) -> float:
+    """fp32 matmul FLOP/s on this device, measured now, so MFU is against what this machine does."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
