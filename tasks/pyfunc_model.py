@@ -5,8 +5,6 @@ instead of unpickling an object, and `models/` travels with it as code, so the m
 without this repository on the path. Weights load from safetensors: nothing is unpickled.
 Only `models/` may be imported here: `tasks/` does not travel with the model.
 """
-from __future__ import annotations
-
 import json
 
 import mlflow
@@ -32,7 +30,9 @@ class TextClassifier(PythonModel):
         load_model(self.model, context.artifacts["weights"])
         self.model.eval()
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    # The DataFrame hint tells MLflow to keep the explicit signature rather than infer one;
+    # lists, arrays and Series are accepted too (see _as_texts).
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         texts = _as_texts(model_input)
         proba = self._proba(texts) if texts else np.zeros((0, len(self.labels)), dtype=np.float32)
         out = pd.DataFrame({"label": [self.labels[i] for i in proba.argmax(1)] if texts else []})

@@ -24,7 +24,9 @@ MODEL_DIR = Path("checkpoints/finetuned")
 TOKENIZER_DIR = Path("checkpoints/tokenizer")
 METRICS_FILE = Path("reports/metrics.json")
 OUT_FILE = Path("reports/registered.json")
-PYFUNC_FILE = Path("tasks/pyfunc_model.py")
+# Absolute, so registering works from any working folder.
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+MODELS_PACKAGE = Path(__file__).resolve().parents[1] / "models"
 RUNTIME_PACKAGES = ("mlflow", "torch", "tokenizers", "safetensors", "numpy", "pandas")
 EXAMPLE = ["what a great flight", "lost my bag again"]
 
@@ -76,7 +78,7 @@ def register(params: Params) -> dict:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*type hints.*")  # the signature is given explicitly
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(PYFUNC_FILE), artifacts=artifacts, code_paths=["models"],
+                name="model", python_model=str(PYFUNC_FILE), artifacts=artifacts, code_paths=[str(MODELS_PACKAGE)],
                 signature=infer_signature(example, output_example), input_example=example,
                 pip_requirements=pip_requirements(), registered_model_name=cfg.model_name,
             )

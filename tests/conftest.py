@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny params, tiny splits, and stores that never touch a user's own."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+os.environ.update({
+    "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false",
+})
+
+POSITIVE = ["what a great flight", "loved the crew, so friendly", "smooth landing and early arrival",
+            "best airline ever", "thank you for the upgrade", "amazing service today", "the seats were comfy",
+            "friendly staff and a fast check in", "happy with my trip", "great food on board"]
+NEGATIVE = ["lost my bag again", "delayed for three hours", "rude staff at the gate", "worst airline ever",
+            "cancelled my flight with no notice", "the seat was broken", "terrible customer service",
+            "my luggage never arrived", "stuck on the tarmac for hours", "awful food and dirty cabin"]
+
+
+def tiny_params(**overrides) -> dict:
+    """The project's params.yaml shrunk to a model and corpus that train in seconds."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["ingest"].update(source="tiny.csv", text_column="text", label_column="label", labels=["negative", "positive"])
+    raw["validate"].update(min_rows_per_split=2, max_duplicate_rate=0.2)
+    raw["tokenize"].update(vocab_size=300, min_frequency=1, max_length=32)
+    raw["model"].update(d_model=32, n_layers=1, n_heads=2, d_ff=64, max_positions=32)
+    raw["pretrain"].update(block_size=16, batch_size=4, max_steps=6, warmup_steps=2, log_every=3)
+    raw["finetune"].update(batch_size=8, max_epochs=2, patience=1)
+    raw["evaluate"].update(baseline_max_features=500)
+    for section, values in overrides.items():
+        raw[section].update(values)
+    return raw
+
+
+def tiny_frame(copies: int = 4) -> pd.DataFrame:
+    """Labelled sentences with numbered variants, so every text is distinct after normalisation."""
+    rows = [(f"{t} number {i}", lab) for i in range(copies) for lab, texts in (("positive", POSITIVE), ("negative", NEGATIVE)) for t in texts]
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A scratch project folder as the working directory, with tiny params and corpus."""
+    monkeypatch.chdir(tmp_path)
+    tiny_frame().to_csv(tmp_path / "tiny.csv", index=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("PIPELINE_PARENT_RUN_ID", raising=False)
+    return tmp_path

