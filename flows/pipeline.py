@@ -19,6 +19,7 @@ apply_env_defaults()
 
 from prefect import flow, get_run_logger, task  # noqa: E402  (env must be set before import)
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.states import Failed  # noqa: E402
 
 from tasks.common import read_json  # noqa: E402
 from tasks.tracking import PARENT_ENV, configure, flatten  # noqa: E402
@@ -26,13 +27,14 @@ from tasks.tracking import PARENT_ENV, configure, flatten  # noqa: E402
 STAGES = ("ingest", "validate", "tokenize", "pretrain", "finetune", "evaluate", "register")
 
 
-class StageFailed(RuntimeError):
-    pass
-
-
 @task(task_run_name="{stage}")
-def dvc_stage(stage: str, root: str, parent_run_id: str) -> dict:
-    """Reproduce one DVC stage; report whether it ran or was up to date."""
+def dvc_stage(stage: str, root: str, parent_run_id: str):
+    """Reproduce one DVC stage; report whether it ran or was up to date.
+
+    A stage that fails ends the task in a Failed state carrying a one-line message (the
+    stage itself has already printed the full explanation): bad data is not a bug, so
+    no traceback.
+    """
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
@@ -46,8 +48,8 @@ def dvc_stage(stage: str, root: str, parent_run_id: str) -> dict:
     try:
         with Repo(root) as repo:
             ran = repo.reproduce(stage, single_item=True, run_env=env)
-    except DvcException as err:
-        raise StageFailed(f"stage '{stage}' failed: {err}; see its message above") from None
+    except DvcException:
+        return Failed(message=f"stage '{stage}' failed; its error is printed above (python -m tasks.{stage})")
     return {"stage": stage, "ran": bool(ran), "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -65,7 +67,7 @@ def summary_markdown(results: list[dict], metrics: dict, registered: dict, run_i
 
 
 @flow(name="text-classifier-pipeline")
-def pipeline(root: str = ".") -> dict:
+def pipeline(root: str = "."):
     import mlflow
 
     from tasks.config import load_params
@@ -73,7 +75,7 @@ def pipeline(root: str = ".") -> dict:
     logger = get_run_logger()
     root_path = Path(root).resolve()
     if not (root_path / "dvc.yaml").exists():
-        raise StageFailed(f"{root_path} has no dvc.yaml: run the flow from the project root")
+        return Failed(message=f"{root_path} has no dvc.yaml: run the flow from the project root")
     os.chdir(root_path)  # DVC resolves stage names against the working folder
     params = load_params(root_path / "params.yaml")
     configure(root_path)
@@ -81,7 +83,12 @@ def pipeline(root: str = ".") -> dict:
         mlflow.log_params(flatten(params.model_dump(by_alias=True)))
         results = []
         for stage in STAGES:
-            result = dvc_stage(stage, str(root_path), parent.info.run_id)
+            state = dvc_stage(stage, str(root_path), parent.info.run_id, return_state=True)
+            if state.is_failed():
+                mlflow.set_tag("failed_stage", stage)
+                mlflow.end_run(status="FAILED")
+                return Failed(message=state.message)
+            result = state.result()
             logger.info("%s: %s in %.1f s", stage, "ran" if result["ran"] else "up to date", result["seconds"])
             results.append(result)
         metrics = read_json(root_path / "reports/metrics.json")
@@ -105,8 +112,8 @@ def print_summary(out: dict) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        print_summary(pipeline())
-    except StageFailed as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+    final = pipeline(return_state=True)
+    if final.is_failed():
+        print(f"error: {final.message}", file=sys.stderr)
+        raise SystemExit(1)
+    print_summary(final.result())

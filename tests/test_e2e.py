@@ -110,3 +110,21 @@ def test_changing_one_param_reruns_only_downstream_stages(project):
     out = _run(["dvc", "repro"], proj, {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{proj / 'mlflow.db'}"})
     ran = re.findall(r"Running stage '(\w+)'", out.stdout)
     assert ran == ["finetune", "evaluate", "register"]
+
+
+def test_failed_validation_stops_the_flow_and_touches_nothing_downstream(project):
+    proj, env, _ = project
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["validate"]["max_chars"] = 20
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    guarded = ["data/validated/train.parquet", "data/tokenized/stats.json", "checkpoints/finetuned/model.safetensors",
+               "reports/metrics.json"]
+    before = {p: (proj / p).read_bytes() for p in guarded}
+    proc = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=proj, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 1
+    assert "expect_column_value_lengths_to_be_between(text)" in proc.stderr
+    assert "reports/validation/index.html" in proc.stderr
+    assert "error: stage 'validate' failed" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert {p: (proj / p).read_bytes() for p in guarded} == before
