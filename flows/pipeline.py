@@ -6,6 +6,7 @@ Each task asks DVC to reproduce one stage, so a flow run and `dvc repro` are the
 computation and both keep dvc.lock as the single record of what was built from what.
 The flow run is one MLflow parent run; every stage that runs logs a child run under it.
 """
+
 from __future__ import annotations
 
 import os
@@ -96,9 +97,15 @@ def pipeline(root: str = "."):
         mlflow.log_metrics({k: v for k, v in flatten(metrics).items() if isinstance(v, (int, float))})
         mlflow.log_artifact(str(root_path / "reports/metrics.json"))
         mlflow.log_artifacts(str(root_path / "reports/evaluation"), "evaluation")
-        mlflow.set_tags({"stages_ran": ",".join(r["stage"] for r in results if r["ran"]) or "none",
-                         "registered_version": registered["version"]})
-        create_markdown_artifact(summary_markdown(results, metrics, registered, parent.info.run_id), key="pipeline-summary")
+        mlflow.set_tags(
+            {
+                "stages_ran": ",".join(r["stage"] for r in results if r["ran"]) or "none",
+                "registered_version": registered["version"],
+            }
+        )
+        create_markdown_artifact(
+            summary_markdown(results, metrics, registered, parent.info.run_id), key="pipeline-summary"
+        )
     return {"results": results, "metrics": metrics, "registered": registered, "run_id": parent.info.run_id}
 
 

@@ -3,6 +3,7 @@
 Attention goes through `scaled_dot_product_attention`, so the fused kernels are used where
 the hardware has them; the MLM decoder shares the token-embedding matrix (weight tying).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -52,9 +53,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.attn = SelfAttention(cfg)
         self.norm2 = nn.LayerNorm(cfg.d_model)
-        self.ff = nn.Sequential(
-            nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, cfg.d_model)
-        )
+        self.ff = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, cfg.d_model))
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Small helpers every stage shares: atomic outputs, seeding, device choice, JSON I/O."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,8 +8,8 @@ import os
 import random
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

@@ -3,6 +3,7 @@
 Unknown keys and bad values are rejected with a message that names the key, so a typo in
 params.yaml fails at once instead of being silently ignored.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,7 +36,7 @@ class IngestParams(_Section):
     test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
 
     @model_validator(mode="after")
-    def _labels_unique(self) -> "IngestParams":
+    def _labels_unique(self) -> IngestParams:
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
         return self
@@ -65,7 +66,7 @@ class ModelParams(_Section):
     max_positions: int = Field(default=128, ge=8)
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "ModelParams":
+    def _heads_divide(self) -> ModelParams:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         return self
@@ -125,7 +126,7 @@ class Params(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
-    def _block_fits_positions(self) -> "Params":
+    def _block_fits_positions(self) -> Params:
         longest = max(self.pretrain.block_size, self.tokenize.max_length)
         if longest > self.model.max_positions:
             raise ValueError(

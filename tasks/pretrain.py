@@ -5,6 +5,7 @@
 The training split's token ids are packed end to end into fixed blocks, so no compute is
 spent on padding; labels are never read.
 """
+
 from __future__ import annotations
 
 import time
@@ -30,31 +31,45 @@ def pack(sequences: list[list[int]], block_size: int) -> torch.Tensor:
     stream = torch.tensor([t for s in sequences for t in s], dtype=torch.long)
     n_blocks = len(stream) // block_size
     if n_blocks == 0:
-        raise StageError(f"only {len(stream)} training tokens: fewer than one block of pretrain.block_size={block_size}")
+        raise StageError(
+            f"only {len(stream)} training tokens: fewer than one block of pretrain.block_size={block_size}"
+        )
     return stream[: n_blocks * block_size].view(n_blocks, block_size)
 
 
 def encoder_config(params: Params, vocab_size: int) -> EncoderConfig:
     m = params.model
-    return EncoderConfig(vocab_size=vocab_size, d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads,
-                         d_ff=m.d_ff, dropout=m.dropout, max_positions=m.max_positions)
+    return EncoderConfig(
+        vocab_size=vocab_size,
+        d_model=m.d_model,
+        n_layers=m.n_layers,
+        n_heads=m.n_heads,
+        d_ff=m.d_ff,
+        dropout=m.dropout,
+        max_positions=m.max_positions,
+    )
 
 
 @torch.no_grad()
-def evaluate_mlm(model: MaskedLM, blocks: torch.Tensor, cfg, device, batch_size: int, mask_prob: float, seed: int) -> float:
+def evaluate_mlm(
+    model: MaskedLM, blocks: torch.Tensor, cfg, device, batch_size: int, mask_prob: float, seed: int
+) -> float:
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     total, n = 0.0, 0
     for start in range(0, len(blocks), batch_size):
-        ids, targets = mask_tokens(blocks[start : start + batch_size], MASK_ID, cfg.vocab_size, SPECIAL_IDS,
-                                   mask_prob, gen)
+        ids, targets = mask_tokens(
+            blocks[start : start + batch_size], MASK_ID, cfg.vocab_size, SPECIAL_IDS, mask_prob, gen
+        )
         _, loss = model(ids.to(device), targets.to(device))
         total, n = total + loss.item() * len(ids), n + len(ids)
     model.train()
     return total / max(n, 1)
 
 
-def pretrain(params: Params, data_dir: Path = DATA_DIR, out_dir: Path = OUT_DIR, log=lambda metrics, step: None) -> dict:
+def pretrain(
+    params: Params, data_dir: Path = DATA_DIR, out_dir: Path = OUT_DIR, log=lambda metrics, step: None
+) -> dict:
     import datasets
 
     p = params.pretrain
@@ -92,19 +107,38 @@ def pretrain(params: Params, data_dir: Path = DATA_DIR, out_dir: Path = OUT_DIR,
         if (step + 1) % p.log_every == 0 or step + 1 == p.max_steps:
             elapsed = time.perf_counter() - window_start
             tps = window_tokens / elapsed
-            metrics = {"train_mlm_loss": window_loss / ((step % p.log_every) + 1), "tokens_per_s": tps,
-                       "mfu": tps * flops_tok / peak, "lr": schedule.get_last_lr()[0]}
+            metrics = {
+                "train_mlm_loss": window_loss / ((step % p.log_every) + 1),
+                "tokens_per_s": tps,
+                "mfu": tps * flops_tok / peak,
+                "lr": schedule.get_last_lr()[0],
+            }
             bar.set_postfix(loss=f"{metrics['train_mlm_loss']:.3f}", tok_s=f"{tps:,.0f}", mfu=f"{metrics['mfu']:.0%}")
             log(metrics, step + 1)
             window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
     val_loss = evaluate_mlm(model, val_blocks, cfg, device, p.batch_size, p.mask_prob, params.seed)
     wall = time.perf_counter() - start
-    summary = {"val_mlm_loss": val_loss, "tokens_seen": tokens_seen, "wall_s": wall,
-               "mean_tokens_per_s": tokens_seen / wall, "matmul_peak_gflops": peak / 1e9}
+    summary = {
+        "val_mlm_loss": val_loss,
+        "tokens_seen": tokens_seen,
+        "wall_s": wall,
+        "mean_tokens_per_s": tokens_seen / wall,
+        "matmul_peak_gflops": peak / 1e9,
+    }
     log({"val_mlm_loss": val_loss}, p.max_steps)
     with atomic_dir(out_dir) as tmp:
-        save_checkpoint(tmp, model.cpu(), {"model_config": cfg.to_dict(), "step": p.max_steps, "seed": params.seed,
-                                           "pretrain": p.model_dump(), **summary}, optimizer)
+        save_checkpoint(
+            tmp,
+            model.cpu(),
+            {
+                "model_config": cfg.to_dict(),
+                "step": p.max_steps,
+                "seed": params.seed,
+                "pretrain": p.model_dump(),
+                **summary,
+            },
+            optimizer,
+        )
     return summary
 
 
@@ -118,8 +152,10 @@ def main() -> None:
         summary = pretrain(params, log=lambda m, s: mlflow.log_metrics(m, step=s))
         mlflow.log_metrics({k: v for k, v in summary.items() if k != "val_mlm_loss"})
         mlflow.set_tag("checkpoint", str(OUT_DIR))
-    print(f"pretrain: {summary['tokens_seen']:,} tokens in {summary['wall_s']:.0f} s, "
-          f"validation MLM loss {summary['val_mlm_loss']:.3f} (run {run.info.run_id})")
+    print(
+        f"pretrain: {summary['tokens_seen']:,} tokens in {summary['wall_s']:.0f} s, "
+        f"validation MLM loss {summary['val_mlm_loss']:.3f} (run {run.info.run_id})"
+    )
 
 
 if __name__ == "__main__":

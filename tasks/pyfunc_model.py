@@ -5,6 +5,7 @@ instead of unpickling an object, and `models/` travels with it as code, so the m
 without this repository on the path. Weights load from safetensors: nothing is unpickled.
 Only `models/` may be imported here: `tasks/` does not travel with the model.
 """
+
 import json
 
 import mlflow
@@ -63,16 +64,19 @@ def _as_texts(model_input) -> list[str]:
             values = model_input.iloc[:, 0].tolist()
         else:
             raise mlflow.exceptions.MlflowException.invalid_parameter_value(
-                f"input must have a '{TEXT_COLUMN}' column; got {list(model_input.columns)}")
+                f"input must have a '{TEXT_COLUMN}' column; got {list(model_input.columns)}"
+            )
     elif isinstance(model_input, (list, tuple, np.ndarray, pd.Series)):
         values = list(model_input)
     else:
         raise mlflow.exceptions.MlflowException.invalid_parameter_value(
-            f"input must be a list of strings or a DataFrame with a '{TEXT_COLUMN}' column; got {type(model_input).__name__}")
+            f"input must be a list of strings or a DataFrame with a '{TEXT_COLUMN}' column; got {type(model_input).__name__}"
+        )
     bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
     if bad:
         raise mlflow.exceptions.MlflowException.invalid_parameter_value(
-            f"every input must be a string; item(s) {bad[:5]} are not")
+            f"every input must be a string; item(s) {bad[:5]} are not"
+        )
     return values
 
 

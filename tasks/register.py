@@ -6,6 +6,7 @@ The version is tagged with the git commit, the hash DVC recorded for the validat
 and the params, and given the alias in params (`challenger`); promotion to `champion` is
 a separate, gated step.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -24,6 +25,7 @@ MODEL_DIR = Path("checkpoints/finetuned")
 TOKENIZER_DIR = Path("checkpoints/tokenizer")
 METRICS_FILE = Path("reports/metrics.json")
 OUT_FILE = Path("reports/registered.json")
+LOCK_FILE = Path("dvc.lock")
 # Absolute, so registering works from any working folder.
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 MODELS_PACKAGE = Path(__file__).resolve().parents[1] / "models"
@@ -35,22 +37,40 @@ def git_commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         # dvc.lock changes with every run; the flag is about the code and params.
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock"],
-                               capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha + ("-dirty" if dirty else "")
 
 
-def data_hash(lock_file: Path = Path("dvc.lock")) -> str:
+def _lock_stages(lock_file: Path) -> dict:
+    return (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {}) if lock_file.exists() else {}
+
+
+def data_hash(lock_file: Path = LOCK_FILE) -> str:
     """The md5 DVC recorded for data/validated: the exact data this model was trained on."""
-    if not lock_file.exists():
-        return "unknown"
-    lock = yaml.safe_load(lock_file.read_text()) or {}
-    for out in lock.get("stages", {}).get("validate", {}).get("outs", []):
+    for out in _lock_stages(lock_file).get("validate", {}).get("outs", []):
         if out.get("path") == "data/validated":
             return out.get("md5", "unknown")
     return "unknown"
+
+
+def lineage_params(params: Params, lock_file: Path = LOCK_FILE) -> dict:
+    """The params each stage was actually built with, as DVC recorded them; params.yaml may
+    hold newer values for stages whose change did not alter their outputs."""
+    used: dict = {}
+    for stage in _lock_stages(lock_file).values():
+        for key, value in stage.get("params", {}).get("params.yaml", {}).items():
+            section, _, leaf = key.partition(".")
+            if leaf:
+                used.setdefault(section, {})[leaf] = value
+            else:
+                used[key] = value
+    return used or params.model_dump(by_alias=True)
 
 
 def pip_requirements() -> list[str]:
@@ -67,34 +87,55 @@ def register(params: Params) -> dict:
             raise StageError(f"{needed} not found: run the stages before register (dvc repro)")
     meta = read_json(MODEL_DIR / "checkpoint.json")
     example = list(EXAMPLE)
-    output_example = pd.DataFrame({"label": [meta["labels"][0]] * 2, **{f"proba_{c}": [0.5, 0.5] for c in meta["labels"]}})
+    output_example = pd.DataFrame(
+        {"label": [meta["labels"][0]] * 2, **{f"proba_{c}": [0.5, 0.5] for c in meta["labels"]}}
+    )
     cfg = params.register_
     # The pyfunc's config is written to scratch space: finetune's output folder is DVC's, not ours.
     with tempfile.TemporaryDirectory() as scratch:
         config_file = Path(scratch) / "config.json"
         write_json_atomic(config_file, {"labels": meta["labels"], "model_config": meta["model_config"]})
-        artifacts = {"weights": str(MODEL_DIR / "model.safetensors"), "tokenizer": str(TOKENIZER_DIR / "tokenizer.json"),
-                     "config": str(config_file)}
+        artifacts = {
+            "weights": str(MODEL_DIR / "model.safetensors"),
+            "tokenizer": str(TOKENIZER_DIR / "tokenizer.json"),
+            "config": str(config_file),
+        }
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*type hints.*")  # the signature is given explicitly
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(PYFUNC_FILE), artifacts=artifacts, code_paths=[str(MODELS_PACKAGE)],
-                signature=infer_signature(example, output_example), input_example=example,
-                pip_requirements=pip_requirements(), registered_model_name=cfg.model_name,
+                name="model",
+                python_model=str(PYFUNC_FILE),
+                artifacts=artifacts,
+                code_paths=[str(MODELS_PACKAGE)],
+                signature=infer_signature(example, output_example),
+                input_example=example,
+                pip_requirements=pip_requirements(),
+                registered_model_name=cfg.model_name,
             )
     metrics = read_json(METRICS_FILE)
     tags = {
-        "git_commit": git_commit(), "data_hash": data_hash(), "params": json.dumps(params.model_dump(by_alias=True), sort_keys=True),
-        "test_accuracy": f"{metrics['test']['accuracy']:.4f}", "test_macro_f1": f"{metrics['test']['macro_f1']:.4f}",
-        "baseline_macro_f1": f"{metrics['baseline']['macro_f1']:.4f}", "source_run_id": mlflow.active_run().info.run_id,
+        "git_commit": git_commit(),
+        "data_hash": data_hash(),
+        "params": json.dumps(lineage_params(params), sort_keys=True),
+        "test_accuracy": f"{metrics['test']['accuracy']:.4f}",
+        "test_macro_f1": f"{metrics['test']['macro_f1']:.4f}",
+        "baseline_macro_f1": f"{metrics['baseline']['macro_f1']:.4f}",
+        "source_run_id": mlflow.active_run().info.run_id,
     }
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)
     for key, value in tags.items():
         client.set_model_version_tag(cfg.model_name, version, key, value)
     client.set_registered_model_alias(cfg.model_name, cfg.alias, version)
-    record = {"name": cfg.model_name, "version": version, "alias": cfg.alias, "model_uri": f"models:/{cfg.model_name}@{cfg.alias}",
-              "run_id": tags["source_run_id"], "git_commit": tags["git_commit"], "data_hash": tags["data_hash"]}
+    record = {
+        "name": cfg.model_name,
+        "version": version,
+        "alias": cfg.alias,
+        "model_uri": f"models:/{cfg.model_name}@{cfg.alias}",
+        "run_id": tags["source_run_id"],
+        "git_commit": tags["git_commit"],
+        "data_hash": tags["data_hash"],
+    }
     write_json_atomic(OUT_FILE, record)
     return record
 

@@ -1,4 +1,5 @@
 """Text repair and the normalisation used to find duplicates across splits."""
+
 from __future__ import annotations
 
 import html

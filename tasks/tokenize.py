@@ -1,7 +1,8 @@
 """tokenize: train a subword tokenizer on the training split only, encode every split.
 
-    python -m tasks.tokenize          # reads data/validated/, writes checkpoints/tokenizer/ and data/tokenized/
+python -m tasks.tokenize          # reads data/validated/, writes checkpoints/tokenizer/ and data/tokenized/
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,15 +29,21 @@ def build_tokenizer(cfg: TokenizeParams) -> tuple[Tokenizer, object]:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=SPECIAL_TOKENS,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+            vocab_size=cfg.vocab_size,
+            min_frequency=cfg.min_frequency,
+            special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
         )
     else:
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
         trainer = trainers.WordPieceTrainer(
-            vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=SPECIAL_TOKENS, show_progress=False,
+            vocab_size=cfg.vocab_size,
+            min_frequency=cfg.min_frequency,
+            special_tokens=SPECIAL_TOKENS,
+            show_progress=False,
         )
     tok.normalizer = normalizers.Sequence(norm)
     return tok, trainer
@@ -57,8 +64,13 @@ def encode(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
     return [e.ids for e in tok.encode_batch(texts)]
 
 
-def tokenize(cfg: TokenizeParams, labels: list[str], in_dir: Path = IN_DIR, out_dir: Path = OUT_DIR,
-             tokenizer_dir: Path = TOKENIZER_DIR) -> dict:
+def tokenize(
+    cfg: TokenizeParams,
+    labels: list[str],
+    in_dir: Path = IN_DIR,
+    out_dir: Path = OUT_DIR,
+    tokenizer_dir: Path = TOKENIZER_DIR,
+) -> dict:
     import datasets
 
     splits = {s: pd.read_parquet(in_dir / f"{s}.parquet") for s in SPLITS}

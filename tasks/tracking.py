@@ -4,12 +4,13 @@ The pipeline flow opens the parent run and hands its id to each stage process th
 PIPELINE_PARENT_RUN_ID (not MLFLOW_RUN_ID, which would make the stage resume the parent
 instead of nesting under it). A stage run from plain `dvc repro` gets a top-level run.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 PARENT_ENV = "PIPELINE_PARENT_RUN_ID"
 EXPERIMENT_ENV = "PIPELINE_EXPERIMENT"
@@ -59,7 +60,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: dict | None = None) -> Iterator["object"]:
+def stage_run(stage: str, params: dict | None = None) -> Iterator[object]:
     """Open this stage's MLflow run (a child of the pipeline's run when there is one)."""
     import mlflow
 

@@ -1,4 +1,5 @@
 """What pretrain and finetune share: schedule, checkpoints, batching, throughput."""
+
 from __future__ import annotations
 
 import math
@@ -24,7 +25,9 @@ def warmup_cosine(warmup: int, total: int, floor: float = 0.1):
     return factor
 
 
-def save_checkpoint(directory: Path, model: nn.Module, meta: dict, optimizer: torch.optim.Optimizer | None = None) -> None:
+def save_checkpoint(
+    directory: Path, model: nn.Module, meta: dict, optimizer: torch.optim.Optimizer | None = None
+) -> None:
     """Weights (and optimizer tensors) as safetensors, everything else as JSON: no pickle."""
     directory.mkdir(parents=True, exist_ok=True)
     save_model(model, str(directory / "model.safetensors"))

@@ -6,6 +6,7 @@ The report is written first, pass or fail. Only when every expectation holds are
 copied to data/validated/, which is what tokenize reads: a failed gate leaves the previous
 validated data, and everything downstream of it, untouched.
 """
+
 from __future__ import annotations
 
 import html
@@ -81,7 +82,6 @@ def build_suite(params: Params):
 
 def run_suite(params: Params, frames: dict[str, pd.DataFrame]) -> list[Check]:
     import great_expectations as gx
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
@@ -124,9 +124,7 @@ def render_report(checks: list[Check], ingest_stats: dict) -> str:
     n_failed = sum(not c.success for c in checks)
     verdict = "PASSED" if n_failed == 0 else f"FAILED ({n_failed} expectation(s))"
     cleaning = "".join(
-        f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>"
-        for k, v in ingest_stats.items()
-        if not isinstance(v, dict)
+        f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in ingest_stats.items() if not isinstance(v, dict)
     )
     split_rows = "".join(
         f"<tr><td>{esc(s)}</td><td>{ingest_stats.get('split_rows', {}).get(s, '')}</td>"
@@ -148,7 +146,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top;
 th{{background:#f0f0f0}} tr.bad td{{background:#fde2e2}} tr.ok td:nth-child(4){{color:#15803d}}
 h1.pass{{color:#15803d}} h1.fail{{color:#b91c1c}}
 </style></head><body>
-<h1 class="{'pass' if n_failed == 0 else 'fail'}">Data validation {verdict}</h1>
+<h1 class="{"pass" if n_failed == 0 else "fail"}">Data validation {verdict}</h1>
 <h2>What ingest cleaned</h2><table><tr><th>step</th><th>rows</th></tr>{cleaning}</table>
 <h2>Splits</h2><table><tr><th>split</th><th>rows</th><th>labels</th></tr>{split_rows}</table>
 <h2>Expectations</h2>
@@ -157,14 +155,18 @@ h1.pass{{color:#15803d}} h1.fail{{color:#b91c1c}}
 """
 
 
-def validate(params: Params, raw_dir: Path = RAW_DIR, out_dir: Path = OUT_DIR, report_dir: Path = REPORT_DIR) -> list[Check]:
+def validate(
+    params: Params, raw_dir: Path = RAW_DIR, out_dir: Path = OUT_DIR, report_dir: Path = REPORT_DIR
+) -> list[Check]:
     splits = load_splits(raw_dir)
     stats_file = raw_dir / "ingest_stats.json"
     ingest_stats = read_json(stats_file) if stats_file.exists() else {}
     checks = run_suite(params, with_derived_columns(splits))
     with atomic_dir(report_dir) as tmp:
         (tmp / "index.html").write_text(render_report(checks, ingest_stats))
-        write_json_atomic(tmp / "results.json", {"success": all(c.success for c in checks), "checks": [c.__dict__ for c in checks]})
+        write_json_atomic(
+            tmp / "results.json", {"success": all(c.success for c in checks), "checks": [c.__dict__ for c in checks]}
+        )
     failed = [c for c in checks if not c.success]
     if failed:
         names = "; ".join(f"{c.name} observed {c.observed}" for c in failed[:8])

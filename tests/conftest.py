@@ -1,4 +1,5 @@
 """Shared fixtures: tiny params, tiny splits, and stores that never touch a user's own."""
+
 from __future__ import annotations
 
 import os
@@ -10,17 +11,41 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-os.environ.update({
-    "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
-    "GX_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false",
-})
+os.environ.update(
+    {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "DVC_NO_ANALYTICS": "1",
+        "GX_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+)
 
-POSITIVE = ["what a great flight", "loved the crew, so friendly", "smooth landing and early arrival",
-            "best airline ever", "thank you for the upgrade", "amazing service today", "the seats were comfy",
-            "friendly staff and a fast check in", "happy with my trip", "great food on board"]
-NEGATIVE = ["lost my bag again", "delayed for three hours", "rude staff at the gate", "worst airline ever",
-            "cancelled my flight with no notice", "the seat was broken", "terrible customer service",
-            "my luggage never arrived", "stuck on the tarmac for hours", "awful food and dirty cabin"]
+POSITIVE = [
+    "what a great flight",
+    "loved the crew, so friendly",
+    "smooth landing and early arrival",
+    "best airline ever",
+    "thank you for the upgrade",
+    "amazing service today",
+    "the seats were comfy",
+    "friendly staff and a fast check in",
+    "happy with my trip",
+    "great food on board",
+]
+NEGATIVE = [
+    "lost my bag again",
+    "delayed for three hours",
+    "rude staff at the gate",
+    "worst airline ever",
+    "cancelled my flight with no notice",
+    "the seat was broken",
+    "terrible customer service",
+    "my luggage never arrived",
+    "stuck on the tarmac for hours",
+    "awful food and dirty cabin",
+]
 
 
 def tiny_params(**overrides) -> dict:
@@ -40,7 +65,12 @@ def tiny_params(**overrides) -> dict:
 
 def tiny_frame(copies: int = 4) -> pd.DataFrame:
     """Labelled sentences with numbered variants, so every text is distinct after normalisation."""
-    rows = [(f"{t} number {i}", lab) for i in range(copies) for lab, texts in (("positive", POSITIVE), ("negative", NEGATIVE)) for t in texts]
+    rows = [
+        (f"{t} number {i}", lab)
+        for i in range(copies)
+        for lab, texts in (("positive", POSITIVE), ("negative", NEGATIVE))
+        for t in texts
+    ]
     return pd.DataFrame(rows, columns=["text", "label"])
 
 

