@@ -54,6 +54,7 @@ class TokenizeParams(_Section):
     vocab_size: int = Field(default=8000, ge=100)
     min_frequency: int = Field(default=2, ge=1)
     lowercase: bool = True
+    collapse_urls: bool = True
     max_length: int = Field(default=128, ge=8)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from tasks.common import atomic_dir, run_stage, write_json_atomic
 from tasks.config import TokenizeParams, load_params
@@ -19,10 +19,15 @@ OUT_DIR = Path("data/tokenized")
 TOKENIZER_DIR = Path("checkpoints/tokenizer")
 # Fixed ids, so models can rely on pad_id == 0 and find [MASK] without a lookup.
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+URL_PATTERN = r"https?://\S+"
 
 
 def build_tokenizer(cfg: TokenizeParams) -> tuple[Tokenizer, object]:
     norm = [normalizers.NFKC()] + ([normalizers.Lowercase()] if cfg.lowercase else [])
+    if cfg.collapse_urls:
+        # Short links are random strings: as sub-words they are noise the LM cannot predict.
+        # The normaliser lives in tokenizer.json, so the served model applies it too.
+        norm.append(normalizers.Replace(Regex(URL_PATTERN), "http"))
     if cfg.kind == "bpe":
         # Byte-level BPE: every input is representable, so no text maps to [UNK].
         tok = Tokenizer(models.BPE(unk_token="[UNK]"))

@@ -113,3 +113,12 @@ def test_calibration_and_metrics():
     m = classification_metrics(y, perfect, ["a", "b"], 10)
     assert m["accuracy"] == m["macro_f1"] == 1.0
     assert expected_calibration_error(np.full((4, 2), 0.5) + [[0.4, -0.4]] * 4, y, 10) == pytest.approx(0.4)
+
+
+def test_urls_collapse_to_one_word(workdir):
+    cfg = parse_params(tiny_params()).tokenize
+    tok = train_tokenizer(["see http now", "the cat"] * 20, cfg)
+    a = tok.encode("see https://t.co/y4YOxaqI now").ids
+    assert a == tok.encode("see http now").ids
+    keep = train_tokenizer(["see http now"] * 20, cfg.model_copy(update={"collapse_urls": False}))
+    assert len(keep.encode("see https://t.co/y4YOxaqI now").ids) > len(a)
