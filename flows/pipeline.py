@@ -71,14 +71,17 @@ def summary_markdown(results: list[dict], metrics: dict, registered: dict, run_i
 def pipeline(root: str = "."):
     import mlflow
 
-    from tasks.config import load_params
+    from tasks.config import ParamsError, load_params
 
     logger = get_run_logger()
     root_path = Path(root).resolve()
     if not (root_path / "dvc.yaml").exists():
         return Failed(message=f"{root_path} has no dvc.yaml: run the flow from the project root")
     os.chdir(root_path)  # DVC resolves stage names against the working folder
-    params = load_params(root_path / "params.yaml")
+    try:
+        params = load_params(root_path / "params.yaml")
+    except ParamsError as err:
+        return Failed(message=str(err))
     configure(root_path)
     with mlflow.start_run(run_name="pipeline") as parent:
         mlflow.log_params(flatten(params.model_dump(by_alias=True)))
@@ -106,13 +109,21 @@ def pipeline(root: str = "."):
         create_markdown_artifact(
             summary_markdown(results, metrics, registered, parent.info.run_id), key="pipeline-summary"
         )
-    return {"results": results, "metrics": metrics, "registered": registered, "run_id": parent.info.run_id}
+    init = read_json(root_path / "checkpoints/finetuned/checkpoint.json")["init"]
+    return {
+        "results": results,
+        "metrics": metrics,
+        "registered": registered,
+        "run_id": parent.info.run_id,
+        "init": init,
+    }
 
 
 def print_summary(out: dict) -> None:
     t, b, reg = out["metrics"]["test"], out["metrics"]["baseline"], out["registered"]
     print()
-    print(f"test accuracy  {t['accuracy']:.4f}   macro-F1 {t['macro_f1']:.4f}   (pretrained + fine-tuned)")
+    kind = "pretrained + fine-tuned" if out["init"] == "pretrained" else "trained from scratch"
+    print(f"test accuracy  {t['accuracy']:.4f}   macro-F1 {t['macro_f1']:.4f}   ({kind})")
     print(f"test accuracy  {b['accuracy']:.4f}   macro-F1 {b['macro_f1']:.4f}   (TF-IDF + logistic regression)")
     print(f"report         {Path('reports/evaluation/index.html').resolve()}")
     print(f"registered     {reg['name']} version {reg['version']} alias @{reg['alias']}  ({reg['model_uri']})")
