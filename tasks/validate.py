@@ -1,16 +1,21 @@
-"""validate: a Great Expectations gate over every split, and an HTML report readable offline.
+"""validate: the data contract. Quarantine, a Great Expectations suite, drift, and a report.
 
     python -m tasks.validate          # reads data/raw/, writes reports/validation/ and data/validated/
 
-The report is written first, pass or fail. Only when every expectation holds are the splits
-copied to data/validated/, which is what tokenize reads: a failed gate leaves the previous
-validated data, and everything downstream of it, untouched.
+1. Rows that break a row rule (empty, too short or long, unknown label, encoding damage,
+   one text with two labels, a text in two splits) go to quarantine with their reason.
+2. A Great Expectations suite built from params checks the accepted rows of every split.
+3. Class balance, and drift against the last accepted version of the same source.
+
+The report is written first, pass or fail. Only when every check holds is the accepted
+version published to data/validated/ (splits, quarantine.parquet, profile.json), which is
+what tokenize reads: a failed gate leaves the previous accepted data, and everything
+downstream of it, untouched.
 """
 
 from __future__ import annotations
 
 import html
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +23,14 @@ import pandas as pd
 
 from tasks.common import StageError, atomic_dir, read_json, run_stage, write_json_atomic
 from tasks.config import Params, load_params
+from tasks.contract import DAMAGE_REGEX, profile, profile_checks, quarantine
 from tasks.ingest import SPLITS
 from tasks.textclean import normalise
 
 RAW_DIR = Path("data/raw")
 OUT_DIR = Path("data/validated")
 REPORT_DIR = Path("reports/validation")
+HINT = " Undecodable bytes usually mean the file is not UTF-8: set ingest.encoding (e.g. cp1252 or latin-1)."
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ def build_suite(params: Params):
         E.ExpectColumnDistinctValuesToEqualSet(column="label", value_set=labels),
         E.ExpectColumnProportionOfUniqueValuesToBeBetween(column="norm", min_value=1 - v.max_duplicate_rate),
         E.ExpectColumnValuesToBeInSet(column="in_other_split", value_set=[False]),
+        E.ExpectColumnValuesToNotMatchRegex(column="text", regex=DAMAGE_REGEX),
     ]:
         suite.add_expectation(exp)
     return suite
@@ -118,39 +126,74 @@ def _to_check(split: str, r) -> Check:
     )
 
 
-def render_report(checks: list[Check], ingest_stats: dict) -> str:
-    """One self-contained HTML page: inline styles, no scripts, no external URL."""
+def _table(headers: list[str], rows: list[list], row_ok: list[bool] | None = None) -> str:
     esc = html.escape
-    n_failed = sum(not c.success for c in checks)
-    verdict = "PASSED" if n_failed == 0 else f"FAILED ({n_failed} expectation(s))"
-    cleaning = "".join(
-        f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in ingest_stats.items() if not isinstance(v, dict)
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join(
+        f"<tr class='{'' if row_ok is None else ('ok' if row_ok[i] else 'bad')}'>"
+        + "".join(f"<td>{esc('' if v is None else str(v))}</td>" for v in row)
+        + "</tr>"
+        for i, row in enumerate(rows)
     )
-    split_rows = "".join(
-        f"<tr><td>{esc(s)}</td><td>{ingest_stats.get('split_rows', {}).get(s, '')}</td>"
-        f"<td>{esc(str(ingest_stats.get('split_labels', {}).get(s, '')))}</td></tr>"
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def quarantine_summary(quarantined: pd.DataFrame) -> list[dict]:
+    return [
+        {
+            "reason": reason,
+            "rows": len(part),
+            "splits": part["split"].value_counts().to_dict(),
+            "examples": [t[:120] for t in part["text"].head(3)],
+        }
+        for reason, part in quarantined.groupby("reason", sort=False)
+    ]
+
+
+def render_report(checks: list[Check], contract: list[dict], quarantined: list[dict], ingest_stats: dict) -> str:
+    """One self-contained HTML page: inline styles, no scripts, no external URL."""
+    n_failed = sum(not c.success for c in checks) + sum(not c["success"] for c in contract)
+    verdict = "PASSED" if n_failed == 0 else f"FAILED ({n_failed} check(s))"
+    cleaning = [[k, v] for k, v in ingest_stats.items() if not isinstance(v, (dict, list))]
+    splits = [
+        [s, ingest_stats.get("split_rows", {}).get(s, ""), ingest_stats.get("split_labels", {}).get(s, "")]
         for s in SPLITS
-    )
-    rows = "".join(
-        f"<tr class='{'ok' if c.success else 'bad'}'><td>{esc(c.split)}</td><td>{esc(c.expectation)}</td>"
-        f"<td>{esc(c.column or '')}</td><td>{'pass' if c.success else 'FAIL'}</td><td>{esc(c.observed)}</td>"
-        f"<td>{'' if c.unexpected_count is None else c.unexpected_count}</td>"
-        f"<td>{'<br>'.join(esc(x) for x in c.examples)}</td></tr>"
+    ]
+    quarantine_rows = [[q["reason"], q["rows"], q["splits"], " | ".join(q["examples"])] for q in quarantined]
+    contract_rows = [
+        [c["check"], c["previous"], c["current"], c["measure"], c["limit"], "pass" if c["success"] else "FAIL"]
+        for c in contract
+    ]
+    expectation_rows = [
+        [
+            c.split,
+            c.expectation,
+            c.column or "",
+            "pass" if c.success else "FAIL",
+            c.observed,
+            "" if c.unexpected_count is None else c.unexpected_count,
+            " | ".join(c.examples),
+        ]
         for c in checks
-    )
+    ]
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Data validation: {verdict}</title>
 <style>
 body{{font-family:system-ui,sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;margin-bottom:2em}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top;font-size:14px}}
-th{{background:#f0f0f0}} tr.bad td{{background:#fde2e2}} tr.ok td:nth-child(4){{color:#15803d}}
+th{{background:#f0f0f0}} tr.bad td{{background:#fde2e2}}
 h1.pass{{color:#15803d}} h1.fail{{color:#b91c1c}}
 </style></head><body>
 <h1 class="{"pass" if n_failed == 0 else "fail"}">Data validation {verdict}</h1>
-<h2>What ingest cleaned</h2><table><tr><th>step</th><th>rows</th></tr>{cleaning}</table>
-<h2>Splits</h2><table><tr><th>split</th><th>rows</th><th>labels</th></tr>{split_rows}</table>
-<h2>Expectations</h2>
-<table><tr><th>split</th><th>expectation</th><th>column</th><th>result</th><th>observed</th><th>unexpected rows</th><th>examples</th></tr>{rows}</table>
+<p>Source: {html.escape(str(ingest_stats.get("source", "")))}</p>
+<h2>What ingest read and cleaned</h2>{_table(["step", "rows"], cleaning)}
+<h2>Splits before quarantine</h2>{_table(["split", "rows", "labels"], splits)}
+<h2>Quarantined rows</h2>
+{_table(["reason", "rows", "by split", "examples"], quarantine_rows) if quarantine_rows else "<p>None.</p>"}
+<h2>Contract and drift (previous accepted version beside this one)</h2>
+{_table(["check", "previous version", "this version", "measured", "limit", "result"], contract_rows, [c["success"] for c in contract])}
+<h2>Great Expectations suite (accepted rows)</h2>
+{_table(["split", "expectation", "column", "result", "observed", "unexpected rows", "examples"], expectation_rows, [c.success for c in checks])}
 </body></html>
 """
 
@@ -158,26 +201,57 @@ h1.pass{{color:#15803d}} h1.fail{{color:#b91c1c}}
 def validate(
     params: Params, raw_dir: Path = RAW_DIR, out_dir: Path = OUT_DIR, report_dir: Path = REPORT_DIR
 ) -> list[Check]:
+    v, labels = params.validate_, params.ingest.labels
     splits = load_splits(raw_dir)
     stats_file = raw_dir / "ingest_stats.json"
     ingest_stats = read_json(stats_file) if stats_file.exists() else {}
-    checks = run_suite(params, with_derived_columns(splits))
+    accepted, quarantined = quarantine(splits, v, labels)
+    total = sum(len(df) for df in splits.values())
+    share = len(quarantined) / max(total, 1)
+    checks = run_suite(params, with_derived_columns(accepted))
+    new_profile = profile(accepted, ingest_stats.get("source", params.ingest.source))
+    old_file = out_dir / "profile.json"
+    old_profile = read_json(old_file) if old_file.exists() else None
+    contract = [
+        {
+            "check": "quarantined rows share",
+            "previous": None,
+            "current": f"{len(quarantined)} of {total}",
+            "measure": round(share, 4),
+            "limit": f"<= {v.max_quarantine_share}",
+            "success": share <= v.max_quarantine_share,
+        }
+    ] + profile_checks(new_profile, old_profile, v, labels)
+    summary = quarantine_summary(quarantined)
     with atomic_dir(report_dir) as tmp:
-        (tmp / "index.html").write_text(render_report(checks, ingest_stats))
+        (tmp / "index.html").write_text(render_report(checks, contract, summary, ingest_stats))
         write_json_atomic(
-            tmp / "results.json", {"success": all(c.success for c in checks), "checks": [c.__dict__ for c in checks]}
+            tmp / "results.json",
+            {
+                "success": all(c.success for c in checks) and all(c["success"] for c in contract),
+                "quarantined_rows": len(quarantined),
+                "rows": total,
+                "quarantine": summary,
+                "contract": contract,
+                "checks": [c.__dict__ for c in checks],
+            },
         )
-    failed = [c for c in checks if not c.success]
+    failed = [f"{c['check']} {c['measure']} (limit {c['limit']})" for c in contract if not c["success"]]
+    failed += [f"{c.name} observed {c.observed}" for c in checks if not c.success]
     if failed:
-        names = "; ".join(f"{c.name} observed {c.observed}" for c in failed[:8])
-        more = f" and {len(failed) - 8} more" if len(failed) > 8 else ""
+        reasons = "; ".join(f"{q['reason']}: {q['rows']}" for q in summary[:5])
         raise StageError(
-            f"data validation failed: {len(failed)} expectation(s) broken: {names}{more}. "
-            f"Nothing downstream was touched. Report: {report_dir / 'index.html'}"
+            f"data validation failed: {len(failed)} check(s) broken: {'; '.join(failed[:8])}"
+            f"{f' and {len(failed) - 8} more' if len(failed) > 8 else ''}."
+            f"{f' Quarantined rows by reason: {reasons}.' if reasons else ''}"
+            f"{HINT if any(q['reason'].startswith('undecodable') for q in summary) else ''}"
+            f" Nothing downstream was touched. Report: {report_dir / 'index.html'}"
         )
     with atomic_dir(out_dir) as tmp:
-        for s in SPLITS:
-            shutil.copy2(raw_dir / f"{s}.parquet", tmp / f"{s}.parquet")
+        for name, df in accepted.items():
+            df.to_parquet(tmp / f"{name}.parquet", index=False)
+        quarantined.to_parquet(tmp / "quarantine.parquet", index=False)
+        write_json_atomic(tmp / "profile.json", new_profile)
     return checks
 
 
@@ -194,8 +268,15 @@ def main() -> None:
         finally:
             if (REPORT_DIR / "index.html").exists():
                 mlflow.log_artifacts(str(REPORT_DIR), "validation")
-        mlflow.log_metric("expectations_passed", sum(c.success for c in checks))
-    print(f"validate: {len(checks)} expectations passed; report {REPORT_DIR / 'index.html'}")
+        results = read_json(REPORT_DIR / "results.json")
+        mlflow.log_metrics(
+            {"expectations_passed": sum(c.success for c in checks), "quarantined_rows": results["quarantined_rows"]}
+        )
+        mlflow.set_tag("data_report", str(REPORT_DIR / "index.html"))
+    print(
+        f"validate: {len(checks)} expectations passed, {results['quarantined_rows']} of {results['rows']} rows "
+        f"quarantined; report {REPORT_DIR / 'index.html'}"
+    )
 
 
 if __name__ == "__main__":

@@ -6,10 +6,11 @@ import pytest
 
 from tasks.common import StageError
 from tasks.config import parse_params
+from tasks.contract import profile, profile_checks, quarantine
 from tasks.ingest import ingest
 from tasks.validate import validate
 
-from .conftest import tiny_params
+from .conftest import tiny_frame, tiny_params
 
 
 @pytest.fixture
@@ -23,13 +24,18 @@ def _run(params, workdir):
     return validate(params, workdir / "raw", workdir / "validated", workdir / "report")
 
 
+def _results(workdir):
+    return json.loads((workdir / "report" / "results.json").read_text())
+
+
 def test_good_splits_pass_and_are_published(raw):
     params, workdir = raw
     checks = _run(params, workdir)
     assert checks and all(c.success for c in checks)
     assert {c.split for c in checks} == {"train", "validation", "test"}
-    assert (workdir / "validated" / "train.parquet").exists()
-    assert json.loads((workdir / "report" / "results.json").read_text())["success"] is True
+    for name in ("train.parquet", "quarantine.parquet", "profile.json"):
+        assert (workdir / "validated" / name).exists()
+    assert _results(workdir)["success"] is True
 
 
 def test_report_is_self_contained(raw):
@@ -37,24 +43,95 @@ def test_report_is_self_contained(raw):
     _run(params, workdir)
     page = (workdir / "report" / "index.html").read_text()
     assert "PASSED" in page and "rows_read" in page
-    assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", page)
+    assert not re.search(r"(src|href|url)\s*[=(]\s*[\"']?(https?:)?//", page)
+    assert "http://" not in page and "https://" not in page
 
 
-def test_leakage_and_unknown_labels_fail_without_touching_outputs(raw):
+def test_a_few_bad_rows_are_quarantined_with_reasons(raw):
+    params, workdir = raw
+    test = pd.read_parquet(workdir / "raw" / "test.parquet")
+    train = pd.read_parquet(workdir / "raw" / "train.parquet")
+    extra = pd.DataFrame(
+        {
+            "text": [train["text"][0], "caf\ufffd bad bytes here", "x" * 500],
+            "label": ["positive", "negative", "negative"],
+        }
+    )
+    pd.concat([test, extra], ignore_index=True).to_parquet(workdir / "raw" / "test.parquet", index=False)
+    params = parse_params(tiny_params(validate={"max_quarantine_share": 0.1}))
+    _run(params, workdir)
+    reasons = {q["reason"]: q["rows"] for q in _results(workdir)["quarantine"]}
+    assert reasons["also in the test split"] == 1
+    assert reasons["undecodable bytes (U+FFFD)"] == 1
+    assert reasons[f"longer than validate.max_chars={params.validate_.max_chars}"] == 1
+    assert len(pd.read_parquet(workdir / "validated" / "quarantine.parquet")) == 3
+    assert train["text"][0] not in set(pd.read_parquet(workdir / "validated" / "train.parquet")["text"])
+
+
+def test_too_many_bad_rows_fail_and_touch_nothing(raw):
     params, workdir = raw
     _run(params, workdir)
     before = (workdir / "validated" / "train.parquet").read_bytes()
     train = pd.read_parquet(workdir / "raw" / "train.parquet")
-    test = pd.read_parquet(workdir / "raw" / "test.parquet")
-    leaked = pd.concat([test, train.head(3).assign(label="postive")], ignore_index=True)
-    leaked.to_parquet(workdir / "raw" / "test.parquet", index=False)
+    train.assign(label=train["label"].str.replace("positive", "postive")).to_parquet(workdir / "raw" / "train.parquet")
     with pytest.raises(StageError) as err:
         _run(params, workdir)
     message = str(err.value)
-    assert "in_other_split" in message and "expect_column_values_to_be_in_set(label)" in message
+    assert "quarantined rows share" in message and "label not in ingest.labels: postive" in message
     assert str(workdir / "report" / "index.html") in message
     assert (workdir / "validated" / "train.parquet").read_bytes() == before
     assert "FAIL" in (workdir / "report" / "index.html").read_text()
+
+
+def test_drift_against_the_previous_version_fails_with_both_side_by_side(raw):
+    params, workdir = raw
+    _run(params, workdir)
+    train = pd.read_parquet(workdir / "raw" / "train.parquet")
+    skewed = pd.concat([train, train[train["label"] == "positive"].assign(text=lambda d: d["text"] + " again")])
+    skewed.to_parquet(workdir / "raw" / "train.parquet", index=False)
+    with pytest.raises(StageError, match="label distribution shift"):
+        _run(params, workdir)
+    contract = {c["check"]: c for c in _results(workdir)["contract"]}
+    shift = contract["label distribution shift (total variation)"]
+    assert shift["previous"] != shift["current"] and not shift["success"]
+
+
+def test_vanished_class_fails(raw):
+    params, workdir = raw
+    for split in ("train", "validation", "test"):
+        df = pd.read_parquet(workdir / "raw" / f"{split}.parquet")
+        df[df["label"] != "positive"].to_parquet(workdir / "raw" / f"{split}.parquet", index=False)
+    with pytest.raises(StageError, match=r"expect_column_distinct_values_to_equal_set\(label\)"):
+        _run(params, workdir)
+
+
+def test_drift_is_only_measured_between_versions_of_one_source():
+    cfg = parse_params(tiny_params()).validate_
+    old = profile({"train": tiny_frame()}, "a.csv")
+    new = profile({"train": tiny_frame().iloc[:10]}, "b.csv")
+    assert [c["check"] for c in profile_checks(new, old, cfg, ["negative", "positive"])] == ["smallest class share"]
+    same = profile_checks({**new, "source": "a.csv"}, old, cfg, ["negative", "positive"])
+    assert len(same) == 6
+
+
+def test_quarantine_rules_and_conflicts():
+    cfg = parse_params(tiny_params()).validate_
+    splits = {
+        "train": pd.DataFrame(
+            {
+                "text": ["fine text", "Same words", "same words!", "  ", "ctrl\x07char", "cafÃ© menu"],
+                "label": ["positive", "positive", "negative", "negative", "negative", "positive"],
+            }
+        )
+    }
+    accepted, bad = quarantine(splits, cfg, ["negative", "positive"])
+    assert accepted["train"]["text"].tolist() == ["fine text"]
+    assert set(bad["reason"]) == {
+        "same text carries labels negative, positive",
+        "empty text",
+        "control characters",
+        "mojibake",
+    }
 
 
 def test_missing_split_is_a_clear_error(raw):
