@@ -111,7 +111,7 @@ def _to_check(split: str, r) -> Check:
     observed = res.get("observed_value")
     if res.get("partial_missing_list"):
         observed = f"missing {res['partial_missing_list']}"
-    elif observed is None and "unexpected_percent" in res:
+    elif observed is None and res.get("unexpected_percent") is not None:
         observed = f"{res['unexpected_percent']:.2f}% unexpected"
     if isinstance(observed, float):
         observed = f"{observed:.4f}"
