@@ -1,4 +1,5 @@
 # Quick start:  make run   (set up .venv, run the pipeline)   |   make test   (set up, run the tests)
+# Another dataset:  make run PROFILE=sst2   (profiles/*.yaml)
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -24,7 +25,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
+# `make run PROFILE=sst2` first switches params.yaml to profiles/sst2.yaml.
 run: setup
+	$(if $(PROFILE),$(BIN)/python -m tasks.profile $(PROFILE))
 	$(BIN)/python -m flows.pipeline
 
 repro: setup

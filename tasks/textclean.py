@@ -16,12 +16,14 @@ _PLAUSIBLE = re.compile(r"^[\x00-\x7f\xa0-\xff\u2000-\u206f\u20ac]*$")
 _RESIDUE = re.compile(r"_?(?:[\x80-\xff]_?){2,}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SPACE = re.compile(r"\s+")
+# Numeric entities whose ampersand became a space on the way ("It #39;s" in AG News).
+_BARE_ENTITY = re.compile(r"(?:(?<=\w) ?|(?<![&\w]))#(\d{2,4});")
 _NON_WORD = re.compile(r"[\W_]+")
 
 
 def clean_text(text: str) -> str:
     """Unescape HTML, repair standard mojibake, drop irrecoverable byte runs and controls."""
-    text = html.unescape(text)
+    text = html.unescape(_BARE_ENTITY.sub(lambda m: chr(int(m.group(1))), text))
     repaired = ftfy.fix_encoding(text)
     if repaired != text and _PLAUSIBLE.match(repaired):
         text = repaired

@@ -4,6 +4,7 @@ from tasks.textclean import clean_text, normalise
 def test_clean_repairs_standard_mojibake_and_html():
     assert clean_text("cafÃ© &amp; bar") == "café & bar"
     assert clean_text("Thatâ€™s it") == "That’s it"
+    assert clean_text("It #39;s over, #1 fan") == "It's over, #1 fan"
 
 
 def test_clean_drops_irrecoverable_byte_runs_but_keeps_real_accents():

