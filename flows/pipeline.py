@@ -23,6 +23,7 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.states import Failed  # noqa: E402
 
 from tasks.common import read_json  # noqa: E402
+from tasks.register import data_hash  # noqa: E402
 from tasks.tracking import PARENT_ENV, configure, flatten  # noqa: E402
 
 STAGES = ("ingest", "validate", "tokenize", "pretrain", "finetune", "evaluate", "register")
@@ -52,6 +53,33 @@ def dvc_stage(stage: str, root: str, parent_run_id: str):
     except DvcException:
         return Failed(message=f"stage '{stage}' failed; its error is printed above (python -m tasks.{stage})")
     return {"stage": stage, "ran": bool(ran), "seconds": round(time.perf_counter() - start, 1)}
+
+
+@task(retries=2, retry_delay_seconds=5)
+def dvc_push(root: str) -> int:
+    """Copy every output in dvc.lock to the default DVC remote, so another clone can
+    `dvc pull` exactly this run's data and checkpoints. Returns the files transferred."""
+    from dvc.repo import Repo
+
+    with Repo(root) as repo:
+        if not repo.config["core"].get("remote"):
+            return 0
+        return repo.push()
+
+
+def publish_validation(root: Path) -> None:
+    """The validation verdict as a Prefect artifact and in the MLflow parent run, pass or fail."""
+    import mlflow
+
+    from tasks.validate import REPORT_DIR, markdown_summary
+
+    report_dir = root / REPORT_DIR
+    if not (report_dir / "results.json").exists():
+        return
+    results = read_json(report_dir / "results.json")
+    create_markdown_artifact(markdown_summary(results, report_dir / "index.html"), key="data-validation")
+    mlflow.log_artifacts(str(report_dir), "validation")
+    mlflow.set_tag("validation", "passed" if results["success"] else "failed")
 
 
 def summary_markdown(results: list[dict], metrics: dict, registered: dict, run_id: str) -> str:
@@ -88,6 +116,8 @@ def pipeline(root: str = "."):
         results = []
         for stage in STAGES:
             state = dvc_stage(stage, str(root_path), parent.info.run_id, return_state=True)
+            if stage == "validate":
+                publish_validation(root_path)
             if state.is_failed():
                 mlflow.set_tag("failed_stage", stage)
                 mlflow.end_run(status="FAILED")
@@ -95,6 +125,9 @@ def pipeline(root: str = "."):
             result = state.result()
             logger.info("%s: %s in %.1f s", stage, "ran" if result["ran"] else "up to date", result["seconds"])
             results.append(result)
+        pushed = dvc_push(str(root_path))
+        logger.info("pushed %d file(s) to the DVC remote", pushed)
+        mlflow.set_tags({"data_hash": data_hash(root_path / "dvc.lock"), "data_restore": "dvc pull data/validated"})
         metrics = read_json(root_path / "reports/metrics.json")
         registered = read_json(root_path / "reports/registered.json")
         mlflow.log_metrics({k: v for k, v in flatten(metrics).items() if isinstance(v, (int, float))})

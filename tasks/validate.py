@@ -198,6 +198,33 @@ h1.pass{{color:#15803d}} h1.fail{{color:#b91c1c}}
 """
 
 
+def markdown_summary(results: dict, report: Path) -> str:
+    """The pass/fail table for a Prefect artifact (or any markdown viewer)."""
+    verdict = "PASSED" if results["success"] else "FAILED"
+    lines = [
+        f"## Data validation {verdict}",
+        "",
+        f"Report: `{report.resolve()}`",
+        "",
+        "| check | measured | limit | result |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {c['check']} | {c['measure']} | {c['limit']} | {'pass' if c['success'] else '**FAIL**'} |"
+        for c in results["contract"]
+    ]
+    by_split: dict[str, list[bool]] = {}
+    for c in results["checks"]:
+        by_split.setdefault(c["split"], []).append(c["success"])
+    lines += [
+        f"| expectations on {s} | {sum(ok)} of {len(ok)} hold | all | {'pass' if all(ok) else '**FAIL**'} |"
+        for s, ok in by_split.items()
+    ]
+    lines += ["", f"Quarantined {results['quarantined_rows']} of {results['rows']} rows."]
+    lines += [f"- {q['reason']}: {q['rows']}" for q in results["quarantine"]]
+    return "\n".join(lines) + "\n"
+
+
 def validate(
     params: Params, raw_dir: Path = RAW_DIR, out_dir: Path = OUT_DIR, report_dir: Path = REPORT_DIR
 ) -> list[Check]:

@@ -121,6 +121,29 @@ def test_registered_model_predicts_by_alias(project):
         assert abs(row["proba_negative"] + row["proba_neutral"] + row["proba_positive"] - 1) < 1e-4
 
 
+def test_another_clone_pulls_exactly_the_accepted_data(project, tmp_path):
+    proj, env, _ = project
+    assert any((proj / ".dvc-remote").rglob("*")), "the flow pushes its outputs to the default remote"
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    _run(["git", "add", "dvc.lock"], proj, env)
+    _run(git + ["commit", "-qm", "record the run"], proj, env)
+    clone = tmp_path / "second"
+    _run(["git", "clone", "-q", str(proj), str(clone)], tmp_path, env)
+    _run(["dvc", "remote", "modify", "--local", "local", "url", str(proj / ".dvc-remote")], clone, env)
+    _run(["dvc", "pull", "-q", "data/validated"], clone, env)
+    for name in ("train.parquet", "test.parquet", "profile.json", "quarantine.parquet"):
+        assert (clone / "data/validated" / name).read_bytes() == (proj / "data/validated" / name).read_bytes()
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("text-classifier-pipeline")
+    parent = client.search_runs([exp.experiment_id], filter_string="tags.mlflow.runName = 'pipeline'")[0]
+    lock = yaml.safe_load((proj / "dvc.lock").read_text())
+    validated = next(o for o in lock["stages"]["validate"]["outs"] if o["path"] == "data/validated")
+    assert parent.data.tags["data_hash"] == validated["md5"]
+    assert parent.data.tags["validation"] == "passed"
+
+
 def test_dvc_repro_after_the_flow_runs_nothing(project):
     proj, env, _ = project
     out = _run(["dvc", "repro"], proj, env)
@@ -157,7 +180,7 @@ def test_failed_validation_stops_the_flow_and_touches_nothing_downstream(project
         [sys.executable, "-m", "flows.pipeline"], cwd=proj, env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 1
-    assert "expect_column_value_lengths_to_be_between(text)" in proc.stderr
+    assert "quarantined rows share" in proc.stderr and "longer than validate.max_chars=20" in proc.stderr
     assert "reports/validation/index.html" in proc.stderr
     assert "error: stage 'validate' failed" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
