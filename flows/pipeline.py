@@ -30,7 +30,7 @@ STAGES = ("ingest", "validate", "tokenize", "pretrain", "finetune", "evaluate", 
 
 
 @task(task_run_name="{stage}")
-def dvc_stage(stage: str, root: str, parent_run_id: str):
+def dvc_stage(stage: str, root: str, parent_run_id: str, force: bool = False):
     """Reproduce one DVC stage; report whether it ran or was up to date.
 
     A stage that fails ends the task in a Failed state carrying a one-line message (the
@@ -49,7 +49,7 @@ def dvc_stage(stage: str, root: str, parent_run_id: str):
     start = time.perf_counter()
     try:
         with Repo(root) as repo:
-            ran = repo.reproduce(stage, single_item=True, run_env=env)
+            ran = repo.reproduce(stage, single_item=True, force=force, run_env=env)
     except DvcException:
         return Failed(message=f"stage '{stage}' failed; its error is printed above (python -m tasks.{stage})")
     return {"stage": stage, "ran": bool(ran), "seconds": round(time.perf_counter() - start, 1)}
@@ -96,7 +96,13 @@ def summary_markdown(results: list[dict], metrics: dict, registered: dict, run_i
 
 
 @flow(name="text-classifier-pipeline")
-def pipeline(root: str = "."):
+def pipeline(root: str = ".", refresh_source: bool = False):
+    """Run every stage that is out of date.
+
+    DVC cannot see inside the source (a bundled file, a folder, a hub dataset), so with
+    `refresh_source` ingest always re-reads it; its output is deterministic, so when the
+    source has not changed nothing downstream re-runs. Scheduled runs should set it.
+    """
     import mlflow
 
     from tasks.config import ParamsError, load_params
@@ -115,7 +121,8 @@ def pipeline(root: str = "."):
         mlflow.log_params(flatten(params.model_dump(by_alias=True)))
         results = []
         for stage in STAGES:
-            state = dvc_stage(stage, str(root_path), parent.info.run_id, return_state=True)
+            force = refresh_source and stage == "ingest"
+            state = dvc_stage(stage, str(root_path), parent.info.run_id, force, return_state=True)
             if stage == "validate":
                 publish_validation(root_path)
             if state.is_failed():
@@ -163,7 +170,11 @@ def print_summary(out: dict) -> None:
 
 
 if __name__ == "__main__":
-    final = pipeline(return_state=True)
+    import argparse
+
+    cli = argparse.ArgumentParser(description="Run the pipeline as one Prefect flow.")
+    cli.add_argument("--refresh-source", action="store_true", help="re-read the source even if params did not change")
+    final = pipeline(refresh_source=cli.parse_args().refresh_source, return_state=True)
     if final.is_failed():
         print(f"error: {final.message}", file=sys.stderr)
         raise SystemExit(1)

@@ -2,8 +2,10 @@
 
     python -m tasks.ingest            # reads params.yaml, writes data/raw/
 
-Splits are stratified by label and made over groups of texts that normalise to the same
-key, so no text (after normalisation) can appear in two splits.
+Splits the source gives are kept; missing ones are carved out of the training rows,
+stratified by label and over groups of texts that normalise to the same key, so no text
+(after normalisation) is cut across two splits. Output is byte-for-byte deterministic for
+the same source and params, which lets a forced re-read leave downstream stages cached.
 """
 
 from __future__ import annotations

@@ -154,6 +154,14 @@ def test_dvc_repro_after_the_flow_runs_nothing(project):
     assert (proj / "plots" / "index.html").exists()
 
 
+def test_refreshing_an_unchanged_source_reruns_nothing_downstream(project):
+    proj, env, _ = project
+    run = _run([sys.executable, "-m", "flows.pipeline", "--refresh-source"], proj, env)
+    assert "ingest: ran" in run.stdout + run.stderr
+    for stage in ("validate", "tokenize", "pretrain", "finetune", "evaluate", "register"):
+        assert f"{stage}: up to date" in run.stdout + run.stderr
+
+
 def test_changing_one_param_reruns_only_downstream_stages(project):
     proj, env, _ = project
     params = yaml.safe_load((proj / "params.yaml").read_text())
