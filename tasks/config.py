@@ -128,6 +128,7 @@ class PretrainParams(_Section):
     mask_prob: float = Field(default=0.15, gt=0, lt=1)
     grad_clip: float = Field(default=1.0, gt=0)
     log_every: int = Field(default=50, ge=1)
+    checkpoint_every: int = Field(default=200, ge=1)
     device: Device = "auto"
 
 

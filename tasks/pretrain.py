@@ -8,20 +8,32 @@ spent on padding; labels are never read.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from models.transformer import EncoderConfig, MaskedLM, decay_groups, mask_tokens
 from tasks.common import StageError, atomic_dir, pick_device, read_json, run_stage, seed_everything
 from tasks.config import Params, load_params
-from tasks.training import flops_per_token, measure_matmul_peak, save_checkpoint, warmup_cosine
+from tasks.training import (
+    flops_per_token,
+    load_optimizer_state,
+    load_weights,
+    measure_matmul_peak,
+    save_checkpoint,
+    warmup_cosine,
+)
 
 DATA_DIR = Path("data/tokenized")
 TOKENIZER_DIR = Path("checkpoints/tokenizer")
 OUT_DIR = Path("checkpoints/pretrained")
+RESUME_DIR = Path("checkpoints/.pretrain-resume")  # not a DVC output: scratch state of an unfinished run
 SPECIAL_IDS = torch.tensor([0, 1, 2, 3, 4])  # [PAD] [UNK] [CLS] [SEP] [MASK]
 MASK_ID = 4
 
@@ -67,9 +79,39 @@ def evaluate_mlm(
     return total / max(n, 1)
 
 
+def fingerprint(params: Params, data_dir: Path = DATA_DIR) -> str:
+    """Identifies a training run: a saved resume state is only used by the identical run."""
+    h = hashlib.sha256()
+    knobs = {
+        "seed": params.seed,
+        "model": params.model.model_dump(),
+        "pretrain": params.pretrain.model_dump(exclude={"log_every", "checkpoint_every", "device"}),
+    }
+    h.update(json.dumps(knobs, sort_keys=True).encode())
+    for f in sorted((data_dir / "train").iterdir()):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def resumable_run_id(params: Params, resume_dir: Path = RESUME_DIR, data_dir: Path = DATA_DIR) -> str | None:
+    """The MLflow run a killed pretraining left behind, if its saved state fits these params."""
+    meta_file = resume_dir / "checkpoint.json"
+    if not meta_file.exists():
+        return None
+    meta = read_json(meta_file)
+    return meta.get("mlflow_run_id") if meta.get("fingerprint") == fingerprint(params, data_dir) else None
+
+
 def pretrain(
-    params: Params, data_dir: Path = DATA_DIR, out_dir: Path = OUT_DIR, log=lambda metrics, step: None
+    params: Params,
+    data_dir: Path = DATA_DIR,
+    out_dir: Path = OUT_DIR,
+    log=lambda metrics, step: None,
+    resume_dir: Path = RESUME_DIR,
+    run_id: str | None = None,
 ) -> dict:
+    """Train the MLM; every `checkpoint_every` steps the whole state goes to `resume_dir`,
+    so a killed run continues where it stopped and ends with the same weights."""
     import datasets
 
     p = params.pretrain
@@ -85,10 +127,23 @@ def pretrain(
     gen = torch.Generator().manual_seed(params.seed)
     flops_tok = flops_per_token(model, cfg.n_layers, cfg.d_model, p.block_size)
     peak = measure_matmul_peak(device)
-    order, cursor = torch.randperm(len(blocks), generator=gen), 0
-    tokens_seen, window_loss, window_tokens, window_start = 0, 0.0, 0, time.perf_counter()
-    start = time.perf_counter()
-    bar = tqdm(range(p.max_steps), desc="pretrain", unit="step", mininterval=5)
+    run_key = fingerprint(params, data_dir)
+    state = {"step": 0, "cursor": 0, "tokens_seen": 0, "window_loss": 0.0, "window_tokens": 0, "wall_s": 0.0}
+    order = torch.randperm(len(blocks), generator=gen)
+    if (resume_dir / "checkpoint.json").exists() and read_json(resume_dir / "checkpoint.json").get(
+        "fingerprint"
+    ) == run_key:
+        state, order = _restore(resume_dir, model, optimizer, schedule, gen)
+        print(f"pretrain: resuming from step {state['step']} ({resume_dir})")
+    cursor, window_start, start = state["cursor"], time.perf_counter(), time.perf_counter() - state["wall_s"]
+    bar = tqdm(
+        range(state["step"], p.max_steps),
+        desc="pretrain",
+        unit="step",
+        mininterval=5,
+        initial=state["step"],
+        total=p.max_steps,
+    )
     for step in bar:
         if cursor + p.batch_size > len(order):
             order, cursor = torch.randperm(len(blocks), generator=gen), 0
@@ -101,45 +156,74 @@ def pretrain(
         torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
         optimizer.step()
         schedule.step()
-        tokens_seen += batch.numel()
-        window_loss += loss.item()
-        window_tokens += batch.numel()
+        state["tokens_seen"] += batch.numel()
+        state["window_loss"] += loss.item()
+        state["window_tokens"] += batch.numel()
         if (step + 1) % p.log_every == 0 or step + 1 == p.max_steps:
-            elapsed = time.perf_counter() - window_start
-            tps = window_tokens / elapsed
+            tps = state["window_tokens"] / (time.perf_counter() - window_start)
             metrics = {
-                "train_mlm_loss": window_loss / ((step % p.log_every) + 1),
+                "train_mlm_loss": state["window_loss"] / ((step % p.log_every) + 1),
                 "tokens_per_s": tps,
                 "mfu": tps * flops_tok / peak,
                 "lr": schedule.get_last_lr()[0],
             }
             bar.set_postfix(loss=f"{metrics['train_mlm_loss']:.3f}", tok_s=f"{tps:,.0f}", mfu=f"{metrics['mfu']:.0%}")
             log(metrics, step + 1)
-            window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+            state["window_loss"], state["window_tokens"], window_start = 0.0, 0, time.perf_counter()
+        if (step + 1) % p.checkpoint_every == 0 and step + 1 < p.max_steps:
+            state.update(step=step + 1, cursor=cursor, wall_s=time.perf_counter() - start)
+            _save_resume(resume_dir, model, optimizer, schedule, gen, order, state, run_key, run_id)
     val_loss = evaluate_mlm(model, val_blocks, cfg, device, p.batch_size, p.mask_prob, params.seed)
     wall = time.perf_counter() - start
     summary = {
         "val_mlm_loss": val_loss,
-        "tokens_seen": tokens_seen,
+        "tokens_seen": state["tokens_seen"],
         "wall_s": wall,
-        "mean_tokens_per_s": tokens_seen / wall,
+        "mean_tokens_per_s": state["tokens_seen"] / wall,
         "matmul_peak_gflops": peak / 1e9,
     }
     log({"val_mlm_loss": val_loss}, p.max_steps)
+    meta = {
+        "model_config": cfg.to_dict(),
+        "step": p.max_steps,
+        "seed": params.seed,
+        "pretrain": p.model_dump(),
+        "mlflow_run_id": run_id,
+        **summary,
+    }
     with atomic_dir(out_dir) as tmp:
-        save_checkpoint(
-            tmp,
-            model.cpu(),
-            {
-                "model_config": cfg.to_dict(),
-                "step": p.max_steps,
-                "seed": params.seed,
-                "pretrain": p.model_dump(),
-                **summary,
-            },
-            optimizer,
-        )
+        save_checkpoint(tmp, model.cpu(), meta, optimizer)
+    shutil.rmtree(resume_dir, ignore_errors=True)
     return summary
+
+
+def _save_resume(directory, model, optimizer, schedule, gen, order, state, run_key, run_id) -> None:
+    """Everything the loop needs to continue bit-for-bit: weights, optimizer, schedule,
+    both random generators, the data order and where in it we are."""
+    with atomic_dir(directory) as tmp:
+        meta = {
+            **state,
+            "fingerprint": run_key,
+            "mlflow_run_id": run_id,
+            "schedule": {k: v for k, v in schedule.state_dict().items() if k != "lr_lambdas"},
+        }
+        save_checkpoint(tmp, model, meta, optimizer)
+        save_file(
+            {"generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "order": order},
+            str(tmp / "state.safetensors"),
+        )
+
+
+def _restore(directory, model, optimizer, schedule, gen) -> tuple[dict, torch.Tensor]:
+    meta = read_json(directory / "checkpoint.json")
+    load_weights(directory, model)
+    load_optimizer_state(directory, optimizer)
+    schedule.load_state_dict({**meta["schedule"], "lr_lambdas": [None]})
+    tensors = load_file(str(directory / "state.safetensors"))
+    gen.set_state(tensors["generator"])
+    torch.set_rng_state(tensors["torch_rng"])
+    keys = ("step", "cursor", "tokens_seen", "window_loss", "window_tokens", "wall_s")
+    return {k: meta[k] for k in keys}, tensors["order"]
 
 
 def main() -> None:
@@ -148,8 +232,10 @@ def main() -> None:
     from tasks.tracking import stage_run
 
     params = load_params()
-    with stage_run("pretrain", {"pretrain": params.pretrain.model_dump(), "model": params.model.model_dump()}) as run:
-        summary = pretrain(params, log=lambda m, s: mlflow.log_metrics(m, step=s))
+    section = {"pretrain": params.pretrain.model_dump(), "model": params.model.model_dump()}
+    # A killed run left its state behind: continue it, in the same MLflow run.
+    with stage_run("pretrain", section, run_id=resumable_run_id(params)) as run:
+        summary = pretrain(params, log=lambda m, s: mlflow.log_metrics(m, step=s), run_id=run.info.run_id)
         mlflow.log_metrics({k: v for k, v in summary.items() if k != "val_mlm_loss"})
         mlflow.set_tag("checkpoint", str(OUT_DIR))
     print(

@@ -60,13 +60,19 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: dict | None = None) -> Iterator[object]:
-    """Open this stage's MLflow run (a child of the pipeline's run when there is one)."""
+def stage_run(stage: str, params: dict | None = None, run_id: str | None = None) -> Iterator[object]:
+    """Open this stage's MLflow run (a child of the pipeline's run when there is one), or
+    reopen `run_id`, so a resumed stage continues its own curves instead of starting anew."""
     import mlflow
 
     configure()
     parent = os.environ.get(PARENT_ENV) or None
-    with mlflow.start_run(run_name=stage, parent_run_id=parent, tags={"pipeline.stage": stage}) as run:
+    opened = (
+        mlflow.start_run(run_id=run_id)
+        if run_id
+        else mlflow.start_run(run_name=stage, parent_run_id=parent, tags={"pipeline.stage": stage})
+    )
+    with opened as run:
         if params:
             mlflow.log_params(flatten(params))
         yield run

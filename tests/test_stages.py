@@ -122,3 +122,41 @@ def test_urls_collapse_to_one_word(workdir):
     assert a == tok.encode("see http now").ids
     keep = train_tokenizer(["see http now"] * 20, cfg.model_copy(update={"collapse_urls": False}))
     assert len(keep.encode("see https://t.co/y4YOxaqI now").ids) > len(a)
+
+
+def test_killed_pretraining_resumes_to_the_same_weights_and_run(tokenized):
+    """SIGKILL a real `python -m tasks.pretrain` mid-run, start it again, and compare with
+    an uninterrupted run of the same params."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    raw = yaml.safe_load(open("params.yaml"))
+    raw["pretrain"].update(max_steps=400, checkpoint_every=20, log_every=20, warmup_steps=10)
+    Path("params.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.pretrain"], env=env, stderr=subprocess.DEVNULL)
+    meta = Path("checkpoints/.pretrain-resume/checkpoint.json")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (meta.exists() and read_json(meta)["step"] >= 60):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = read_json(meta)["step"]
+    assert 60 <= killed_at < 400 and not Path("checkpoints/pretrained").exists()
+    subprocess.run([sys.executable, "-m", "tasks.pretrain"], env=env, check=True, capture_output=True)
+    resumed = Path("checkpoints/pretrained/model.safetensors").read_bytes()
+    assert not Path("checkpoints/.pretrain-resume").exists()
+
+    pretrain(load_params(), out_dir=Path("uninterrupted"), resume_dir=Path("unused-resume"))
+    assert Path("uninterrupted/model.safetensors").read_bytes() == resumed
+
+    run_id = read_json("checkpoints/pretrained/checkpoint.json")["mlflow_run_id"]
+    client = mlflow.MlflowClient()
+    assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
+    steps = [m.step for m in client.get_metric_history(run_id, "train_mlm_loss")]
+    assert steps[0] == 20 and steps[-1] == 400 and killed_at in steps
