@@ -56,7 +56,9 @@ def main(scales=(1, 4, 16)) -> None:
         _, t_p = timed(profile, accepted, "bench")
         total = t_q + t_gx + t_p
         first = first or total
-        print(f"| {k}x | {rows:,} | {t_q:.2f} | {t_gx:.2f} | {t_p:.2f} | {total:.2f} | {1e6 * total / rows:.1f} | {total / first:.1f}x |")
+        print(
+            f"| {k}x | {rows:,} | {t_q:.2f} | {t_gx:.2f} | {t_p:.2f} | {total:.2f} | {1e6 * total / rows:.1f} | {total / first:.1f}x |"
+        )
 
 
 if __name__ == "__main__":
