@@ -38,6 +38,7 @@ def run_stage(main) -> None:
     """Entry point wrapper: StageError and ParamsError exit 1 with their message only."""
     from tasks.config import ParamsError
 
+    apply_env_defaults()  # `dvc repro` runs stages straight from a shell, not via the flow
     try:
         main()
     except (StageError, ParamsError) as err:
