@@ -93,13 +93,17 @@ def fingerprint(params: Params, data_dir: Path = DATA_DIR) -> str:
     return h.hexdigest()[:16]
 
 
+def _resume_meta(resume_dir: Path, run_key: str) -> dict | None:
+    """The saved state's metadata, only if it belongs to the run identified by `run_key`."""
+    meta_file = resume_dir / "checkpoint.json"
+    meta = read_json(meta_file) if meta_file.exists() else None
+    return meta if meta and meta.get("fingerprint") == run_key else None
+
+
 def resumable_run_id(params: Params, resume_dir: Path = RESUME_DIR, data_dir: Path = DATA_DIR) -> str | None:
     """The MLflow run a killed pretraining left behind, if its saved state fits these params."""
-    meta_file = resume_dir / "checkpoint.json"
-    if not meta_file.exists():
-        return None
-    meta = read_json(meta_file)
-    return meta.get("mlflow_run_id") if meta.get("fingerprint") == fingerprint(params, data_dir) else None
+    meta = _resume_meta(resume_dir, fingerprint(params, data_dir))
+    return meta.get("mlflow_run_id") if meta else None
 
 
 def pretrain(
@@ -130,9 +134,7 @@ def pretrain(
     run_key = fingerprint(params, data_dir)
     state = {"step": 0, "cursor": 0, "tokens_seen": 0, "window_loss": 0.0, "window_tokens": 0, "wall_s": 0.0}
     order = torch.randperm(len(blocks), generator=gen)
-    if (resume_dir / "checkpoint.json").exists() and read_json(resume_dir / "checkpoint.json").get(
-        "fingerprint"
-    ) == run_key:
+    if _resume_meta(resume_dir, run_key):
         state, order = _restore(resume_dir, model, optimizer, schedule, gen)
         print(f"pretrain: resuming from step {state['step']} ({resume_dir})")
     cursor, window_start, start = state["cursor"], time.perf_counter(), time.perf_counter() - state["wall_s"]
