@@ -1,7 +1,8 @@
-"""A pre-norm Transformer encoder, its masked-LM head and its classification head.
+"""A pre-norm Transformer, its language-model heads (masked or causal) and its classifier.
 
 Attention goes through `scaled_dot_product_attention`, so the fused kernels are used where
-the hardware has them; the MLM decoder shares the token-embedding matrix (weight tying).
+the hardware has them; both LM decoders share the token-embedding matrix (weight tying).
+With `causal=True` every position attends only to itself and earlier positions (GPT-style).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from torch import nn
 @dataclass(frozen=True)
 class EncoderConfig:
     vocab_size: int
+    arch: str = "transformer"
     d_model: int = 128
     n_layers: int = 2
     n_heads: int = 4
     d_ff: int = 512
     dropout: float = 0.1
     max_positions: int = 128
+    causal: bool = False
     pad_id: int = 0
 
     def to_dict(self) -> dict:
@@ -32,6 +35,7 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         self.n_heads = cfg.n_heads
+        self.causal = cfg.causal
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
@@ -40,9 +44,10 @@ class SelfAttention(nn.Module):
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         # key_mask: (b, t) True where the token is real; broadcast over heads and queries.
-        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+        # Causal attention needs no key mask: padding sits after the real tokens, which never see it.
+        attn_mask = None if key_mask is None or self.causal else key_mask[:, None, None, :]
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
         )
         return self.out(y.transpose(1, 2).reshape(b, t, d))
 
@@ -84,6 +89,12 @@ class Encoder(nn.Module):
             x = block(x, key_mask)
         return self.norm(x)
 
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Bottom to top: embeddings, then one group per block (the final norm with the last)."""
+        groups = [[*self.tok.parameters(), *self.pos.parameters()]] + [list(b.parameters()) for b in self.blocks]
+        groups[-1] += list(self.norm.parameters())
+        return groups
+
 
 class MaskedLM(nn.Module):
     """Encoder plus a decoder tied to the token embeddings; loss over masked positions only."""
@@ -101,7 +112,24 @@ class MaskedLM(nn.Module):
         # Decode only the masked positions: the vocabulary projection dominates the cost.
         sel = targets != -100
         logits = self.transform(h[sel]) @ self.encoder.tok.weight.T + self.bias
-        return logits, F.cross_entropy(logits, targets[sel])
+        # A sum over a possibly empty selection: a micro-batch with no masked token gives 0, not NaN.
+        return logits, F.cross_entropy(logits, targets[sel], reduction="sum") / sel.sum().clamp(min=1)
+
+
+class CausalLM(nn.Module):
+    """Causal encoder plus a decoder tied to the token embeddings: next-token prediction."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        if not cfg.causal:
+            raise ValueError("CausalLM needs an EncoderConfig with causal=True")
+        self.encoder = Encoder(cfg)
+
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None):
+        logits = self.encoder(ids) @ self.encoder.tok.weight.T
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
 
 
 class Classifier(nn.Module):
@@ -119,6 +147,13 @@ class Classifier(nn.Module):
         m = key_mask.unsqueeze(-1).to(h.dtype)
         pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
         return self.head(self.drop(pooled))
+
+    @property
+    def body(self) -> Encoder:
+        return self.encoder
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        return self.encoder.layer_groups() + [list(self.head.parameters())]
 
 
 def mask_tokens(

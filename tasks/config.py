@@ -99,17 +99,22 @@ class TokenizeParams(_Section):
     max_length: int = Field(default=128, ge=8)
 
 
+Arch = Literal["transformer", "rnn", "lstm", "gru"]
+
+
 class ModelParams(_Section):
-    d_model: int = Field(default=128, ge=8)
+    arch: Arch = "transformer"
+    d_model: int = Field(default=128, ge=8)  # Transformer width; embedding width of the recurrent models
     n_layers: int = Field(default=2, ge=1)
-    n_heads: int = Field(default=4, ge=1)
-    d_ff: int = Field(default=512, ge=8)
+    n_heads: int = Field(default=4, ge=1)  # Transformer only
+    d_ff: int = Field(default=512, ge=8)  # Transformer only
+    d_hidden: int = Field(default=512, ge=8)  # recurrent only: width of every layer but the last
     dropout: float = Field(default=0.1, ge=0, lt=1)
-    max_positions: int = Field(default=128, ge=8)
+    max_positions: int = Field(default=128, ge=8)  # Transformer only
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelParams:
-        if self.d_model % self.n_heads:
+        if self.arch == "transformer" and self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         return self
 
@@ -117,8 +122,30 @@ class ModelParams(_Section):
 Device = Literal["auto", "cpu", "cuda"]
 
 
-class PretrainParams(_Section):
-    objective: Literal["mlm"] = "mlm"
+class _EngineParams(_Section):
+    """How a training stage runs; none of these change what it computes, beyond float rounding."""
+
+    device: Device = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False  # torch.compile the network body
+    threads: Literal["auto"] | int = Field(default="auto")  # CPU threads; auto: measured at start
+    grad_accum_steps: int = Field(default=1, ge=1)  # batch_size is split into this many micro-batches
+    nproc_per_node: int = Field(default=1, ge=1)  # >1: data-parallel (DDP) processes via torchrun
+
+    @model_validator(mode="after")
+    def _engine_fits(self):
+        if isinstance(self.threads, int) and self.threads < 1:
+            raise ValueError("threads must be 'auto' or a positive integer")
+        if self.batch_size % (self.grad_accum_steps * self.nproc_per_node):
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be divisible by grad_accum_steps x nproc_per_node "
+                f"({self.grad_accum_steps} x {self.nproc_per_node})"
+            )
+        return self
+
+
+class PretrainParams(_EngineParams):
+    objective: Literal["mlm", "causal"] = "mlm"  # causal: next-token LM (GPT-style; the only one for RNNs)
     block_size: int = Field(default=128, ge=8)
     batch_size: int = Field(default=32, ge=1)
     max_steps: int = Field(default=1000, ge=1)
@@ -129,10 +156,9 @@ class PretrainParams(_Section):
     grad_clip: float = Field(default=1.0, gt=0)
     log_every: int = Field(default=50, ge=1)
     checkpoint_every: int = Field(default=200, ge=1)
-    device: Device = "auto"
 
 
-class FinetuneParams(_Section):
+class FinetuneParams(_EngineParams):
     init: Literal["pretrained", "scratch"] = "pretrained"
     batch_size: int = Field(default=32, ge=1)
     max_epochs: int = Field(default=4, ge=1)
@@ -142,7 +168,8 @@ class FinetuneParams(_Section):
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     grad_clip: float = Field(default=1.0, gt=0)
     dropout: float = Field(default=0.1, ge=0, lt=1)
-    device: Device = "auto"
+    lr_decay: float = Field(default=1.0, ge=1)  # discriminative LR: each lower layer group gets lr / lr_decay
+    gradual_unfreeze: bool = False  # epoch k trains the top k layer groups only (ULMFiT)
 
 
 class EvaluateParams(_Section):
@@ -170,6 +197,10 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _block_fits_positions(self) -> Params:
+        if self.model.arch != "transformer":
+            if self.pretrain.objective != "causal":
+                raise ValueError(f"model.arch {self.model.arch!r} is a recurrent LM: set pretrain.objective to causal")
+            return self
         longest = max(self.pretrain.block_size, self.tokenize.max_length)
         if longest > self.model.max_positions:
             raise ValueError(

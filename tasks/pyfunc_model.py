@@ -17,7 +17,7 @@ from mlflow.pyfunc import PythonModel
 from safetensors.torch import load_model
 from tokenizers import Tokenizer
 
-from models.transformer import Classifier, EncoderConfig
+from models import build_classifier
 
 TEXT_COLUMN = "text"
 
@@ -27,7 +27,7 @@ class TextClassifier(PythonModel):
         meta = json.loads(open(context.artifacts["config"]).read())
         self.labels = meta["labels"]
         self.tokenizer = Tokenizer.from_file(context.artifacts["tokenizer"])
-        self.model = Classifier(EncoderConfig(**meta["model_config"]), len(self.labels))
+        self.model = build_classifier(meta["model_config"], len(self.labels))
         load_model(self.model, context.artifacts["weights"])
         self.model.eval()
 

@@ -55,11 +55,11 @@ def load_weights(directory: Path, model: nn.Module, strict: bool = True) -> None
     load_model(model, str(path), strict=strict)
 
 
-def load_encoder_weights(path: Path, encoder: nn.Module) -> None:
-    """Copy the `encoder.*` tensors of a pretrained checkpoint into a fresh encoder."""
+def load_body_weights(path: Path, body: nn.Module) -> None:
+    """Copy a pretrained LM's body (`encoder.*` or `body.*` tensors) into a classifier's body."""
     weights = load_file(str(path))
-    state = {k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")}
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    state = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("encoder.") or k.startswith("body.")}
+    missing, unexpected = body.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise StageError(
             f"{path} does not fit the model in params.yaml (missing {missing[:3]}, unexpected {unexpected[:3]}); "
@@ -94,15 +94,24 @@ def count_params(model: nn.Module, exclude_embeddings: bool = True) -> int:
     return n
 
 
-def flops_per_token(model: nn.Module, n_layers: int, d_model: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6N for the matmuls plus the attention scores (PaLM appendix B)."""
-    return 6 * count_params(model) + 12 * n_layers * d_model * seq_len
+def flops_per_token(model: nn.Module, cfg, seq_len: int, decoded_share: float = 0.0) -> float:
+    """Training FLOPs per token: 6N for the matmuls (N without embeddings), plus the tied
+    vocabulary projection for the share of positions decoded (all for causal LM, the masked
+    ones for MLM, none for a classifier), plus attention scores (PaLM appendix B)."""
+    attention_layers = cfg.n_layers if cfg.arch == "transformer" else 0
+    decoder = decoded_share * cfg.d_model * cfg.vocab_size
+    return 6 * (count_params(model) + decoder) + 12 * attention_layers * cfg.d_model * seq_len
 
 
-def measure_matmul_peak(device: torch.device, size: int = 1024, repeats: int = 8) -> float:
-    """fp32 matmul FLOP/s on this device, measured now, so MFU is against what this machine does."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+def measure_matmul_peak(
+    device: torch.device, dtype: torch.dtype = torch.float32, size: int = 1024, repeats: int = 8
+) -> float:
+    """Matmul FLOP/s on this device in the training dtype, measured now, so MFU is against
+    what this machine does, not a datasheet."""
+    if device.type == "cuda":
+        size, repeats = 8192, 20  # small GPU matmuls measure launch overhead, not the tensor cores
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
     _sync(device)

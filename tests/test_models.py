@@ -73,3 +73,79 @@ def test_too_long_input_is_refused():
 
     with pytest.raises(ValueError, match="max_positions"):
         MaskedLM(CFG).encoder(torch.ones(1, 13, dtype=torch.long))
+
+
+# --- causal and recurrent language models -------------------------------------------------
+
+from models import build_classifier, build_language_model  # noqa: E402
+from models.recurrent import RecurrentConfig  # noqa: E402
+
+CAUSAL = {**CFG.to_dict(), "causal": True}
+RECURRENT = [
+    RecurrentConfig(vocab_size=50, arch=a, d_model=16, d_hidden=24, n_layers=2, dropout=0.0).to_dict()
+    for a in ("rnn", "lstm", "gru")
+]
+LM_CONFIGS = [CAUSAL, *RECURRENT]
+
+
+def _ids(b: int = 2, t: int = 10) -> torch.Tensor:
+    return torch.randint(5, 50, (b, t), generator=torch.Generator().manual_seed(0))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("config", LM_CONFIGS, ids=lambda c: c["arch"] + ("-causal" if c.get("causal") else ""))
+def test_causal_models_never_look_ahead(config):
+    model = build_language_model(config).eval()
+    ids = _ids()
+    changed = ids.clone()
+    changed[:, 6:] = 7
+    a, _ = model(ids)
+    b, _ = model(changed)
+    assert a.shape == (2, 10, 50)
+    torch.testing.assert_close(a[:, :6], b[:, :6])
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+@pytest.mark.parametrize("config", LM_CONFIGS, ids=lambda c: c["arch"] + ("-causal" if c.get("causal") else ""))
+def test_causal_models_tie_the_decoder_and_learn(config):
+    torch.manual_seed(0)
+    model = build_language_model(config)
+    assert sum(p.shape == (50, 16) for p in model.parameters()) == 1  # one matrix: embeddings = decoder
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    rows = torch.tensor([[2, 5, 6, 7, 8, 9, 10, 11, 3]] * 8)
+    losses = []
+    for _ in range(120):
+        _, loss = model(rows[:, :-1], rows[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+
+
+@pytest.mark.parametrize(
+    "config", [CFG.to_dict(), *LM_CONFIGS], ids=lambda c: c["arch"] + ("-causal" if c.get("causal") else "")
+)
+def test_every_classifier_ignores_padding_and_groups_every_parameter_once(config):
+    model = build_classifier(config, 3).eval()
+    ids = torch.tensor([[2, 7, 8, 9, 3]])
+    padded = torch.tensor([[2, 7, 8, 9, 3, 0, 0, 0]])
+    torch.testing.assert_close(model(ids, ids != 0), model(padded, padded != 0), atol=1e-5, rtol=1e-5)
+    grouped = [id(p) for g in model.layer_groups() for p in g]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+    assert model.layer_groups()[-1] == list(model.head.parameters())
+
+
+def test_classifier_body_loads_from_its_language_model():
+
+    for config in [CFG.to_dict(), *LM_CONFIGS]:
+        lm, clf = build_language_model(config), build_classifier(config, 2)
+        state = {k.split(".", 1)[1]: v for k, v in lm.state_dict().items() if k.split(".")[0] in ("encoder", "body")}
+        clf.body.load_state_dict(state)  # same names: the LM's body is the classifier's body
+
+
+def test_recurrent_config_refuses_unknown_cells():
+    with pytest.raises(ValueError, match="arch"):
+        RecurrentConfig(vocab_size=10, arch="transformer")

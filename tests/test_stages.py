@@ -101,7 +101,7 @@ def test_finetune_from_scratch_skips_the_pretrained_weights(tokenized, monkeypat
     params = parse_params(tiny_params(finetune={"init": "scratch", "max_epochs": 1}))
     pretrain(tokenized)
     calls = []
-    monkeypatch.setattr("tasks.finetune.load_encoder_weights", lambda *a: calls.append(a))
+    monkeypatch.setattr("tasks.finetune.load_body_weights", lambda *a: calls.append(a))
     finetune(params, params.ingest.labels)
     assert calls == []
 
@@ -160,3 +160,38 @@ def test_killed_pretraining_resumes_to_the_same_weights_and_run(tokenized):
     assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
     steps = [m.step for m in client.get_metric_history(run_id, "train_mlm_loss")]
     assert steps[0] == 20 and steps[-1] == 400 and killed_at in steps
+
+
+@pytest.mark.parametrize(
+    "arch,objective", [("transformer", "causal"), ("rnn", "causal"), ("lstm", "causal"), ("gru", "causal")]
+)
+def test_every_architecture_pretrains_finetunes_and_serves_by_params(workdir, arch, objective):
+    """A params change is all it takes: the same stages train, evaluate and register each network."""
+    import yaml
+
+    ulmfit = {"lr_decay": 2.6, "gradual_unfreeze": True, "max_epochs": 3, "patience": 3}
+    raw = tiny_params(model={"arch": arch, "d_hidden": 48}, pretrain={"objective": objective}, finetune=ulmfit)
+    Path("params.yaml").write_text(yaml.safe_dump(raw))
+    params = load_params()
+    ingest(params.ingest, params.seed)
+    validate(params)
+    tokenize(params.tokenize, params.ingest.labels)
+    logged = []
+    summary = pretrain(params, log=lambda m, s: logged.append(m))
+    assert summary["val_loss"] > 0 and "train_causal_loss" in logged[0] and logged[0]["mfu"] > 0
+    meta = read_json("checkpoints/pretrained/checkpoint.json")
+    assert meta["model_config"]["arch"] == arch and meta["objective"] == objective
+    finetune(params, params.ingest.labels)
+    assert read_json("checkpoints/finetuned/checkpoint.json")["epochs_run"] == 3
+    evaluate(params)
+    with stage_run("register"):
+        record = register(params)
+    out = mlflow.pyfunc.load_model(record["model_uri"]).predict(["what a great flight", "lost my bag again"])
+    np.testing.assert_allclose(out[["proba_negative", "proba_positive"]].sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_recurrent_models_refuse_the_masked_objective(workdir):
+    from tasks.config import ParamsError
+
+    with pytest.raises(ParamsError, match="pretrain.objective to causal"):
+        parse_params(tiny_params(model={"arch": "lstm"}))
