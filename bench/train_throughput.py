@@ -1,16 +1,21 @@
-"""Training-step throughput of our MLM beside Hugging Face's BertForMaskedLM, same size.
+"""Training-step throughput of our language models beside Hugging Face's, same size, one run.
 
-    pip install transformers==5.24.0          # only the benchmark needs it
-    python bench/train_throughput.py          # prints a markdown table
+    pip install transformers==5.24.0                      # only the benchmark needs it
+    python bench/train_throughput.py                      # the model section of params.yaml
+    python bench/train_throughput.py --d-model 256 --n-layers 4 --d-ff 1024
+    python bench/train_throughput.py --device cuda --precision bf16 --batch-size 128
 
-Both models are built from the model section of params.yaml with random weights and trained
-on the same masked batch (pretrain.batch_size x pretrain.block_size, vocabulary 8,000) with
-AdamW, the same threads, in one process. Rounds alternate between the two so drift in the
-machine's speed hits both. MFU is against an fp32 matmul peak measured in the same run.
+Our masked LM runs beside `BertForMaskedLM`, our causal LM beside `GPT2LMHeadModel`, each
+built from the same config with random weights and trained on the same batch with AdamW,
+the same threads, in one process. Rounds alternate between the models, so drift in the
+machine's speed hits all of them. MFU is against a matmul peak measured in the same run,
+in the same dtype; the model FLOPs are our count (non-embedding matmuls, the decoded share
+of the tied vocabulary projection, attention) for both sides of a pair.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -20,88 +25,169 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.transformer import MaskedLM, mask_tokens  # noqa: E402
+from models import build_language_model, model_config  # noqa: E402
+from models.transformer import mask_tokens  # noqa: E402
 from tasks.config import load_params  # noqa: E402
-from tasks.pretrain import MASK_ID, SPECIAL_IDS, encoder_config  # noqa: E402
+from tasks.pretrain import MASK_ID, SPECIAL_IDS  # noqa: E402
 from tasks.training import count_params, flops_per_token, measure_matmul_peak  # noqa: E402
 
 VOCAB = 8000
-ROUNDS, STEPS, WARMUP = 5, 8, 3
 
 
-def hf_model(cfg):
+def hf_bert(cfg):
     from transformers import BertConfig, BertForMaskedLM
 
     config = BertConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.d_model,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        intermediate_size=cfg.d_ff,
-        max_position_embeddings=cfg.max_positions,
-        hidden_dropout_prob=cfg.dropout,
-        attention_probs_dropout_prob=cfg.dropout,
+        vocab_size=cfg["vocab_size"],
+        hidden_size=cfg["d_model"],
+        num_hidden_layers=cfg["n_layers"],
+        num_attention_heads=cfg["n_heads"],
+        intermediate_size=cfg["d_ff"],
+        max_position_embeddings=cfg["max_positions"],
+        hidden_dropout_prob=cfg["dropout"],
+        attention_probs_dropout_prob=cfg["dropout"],
     )
     config._attn_implementation = "sdpa"
     return BertForMaskedLM(config)
 
 
-def ours_step(model, opt, ids, targets):
-    _, loss = model(ids, targets)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+def hf_gpt2(cfg):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=cfg["vocab_size"],
+        n_embd=cfg["d_model"],
+        n_layer=cfg["n_layers"],
+        n_head=cfg["n_heads"],
+        n_inner=cfg["d_ff"],
+        n_positions=cfg["max_positions"],
+        resid_pdrop=cfg["dropout"],
+        embd_pdrop=cfg["dropout"],
+        attn_pdrop=cfg["dropout"],
+    )
+    config._attn_implementation = "sdpa"
+    return GPT2LMHeadModel(config)
 
 
-def hf_step(model, opt, ids, targets):
-    loss = model(input_ids=ids, labels=targets).loss
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+def ours_loss(model, ids, targets):
+    return model(ids, targets)[1]
 
 
-def seconds_per_step(step, model, opt, ids, targets, n) -> float:
+def hf_loss(model, ids, targets):
+    return model(input_ids=ids, labels=targets).loss
+
+
+def make_step(loss_fn, model, ids, targets, device, bf16: bool):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(model, ids, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def seconds_per_step(step, n: int, device) -> float:
+    sync(device)
     start = time.perf_counter()
     for _ in range(n):
-        step(model, opt, ids, targets)
+        step()
+    sync(device)
     return (time.perf_counter() - start) / n
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build_cases(cfg: dict, batch: int, block: int, mask_prob: float, device, bf16: bool, compile_: bool) -> dict:
+    """name -> (step function, tokens per step, our FLOPs per token) for each model."""
+    torch.manual_seed(0)
+    ids = torch.randint(5, VOCAB, (batch, block)).to(device)
+    masked, targets = mask_tokens(ids.cpu(), MASK_ID, VOCAB, SPECIAL_IDS, mask_prob, torch.Generator().manual_seed(0))
+    masked, targets = masked.to(device), targets.to(device)
+    cases = {}
+    for objective in ("mlm", "causal"):
+        ours = build_language_model({**cfg, "causal": objective == "causal"}).to(device)
+        theirs = (hf_bert if objective == "mlm" else hf_gpt2)(cfg).to(device)
+        if compile_:
+            ours.encoder.compile()
+        decoded = mask_prob if objective == "mlm" else 1.0
+        fpt = flops_per_token(ours, model_config({**cfg, "causal": objective == "causal"}), block, decoded)
+        if objective == "mlm":
+            pairs = {"ours MaskedLM": (ours, ours_loss, masked, targets), "HF BertForMaskedLM": (theirs, hf_loss, masked, targets)}
+        else:
+            # Same T input tokens for both: GPT-2 shifts its labels inside, ours takes them shifted.
+            shifted = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], dim=1)
+            pairs = {"ours CausalLM": (ours, ours_loss, ids, shifted), "HF GPT2LMHeadModel": (theirs, hf_loss, ids, ids)}
+        for name, (model, loss_fn, x, y) in pairs.items():
+            model.train()
+            cases[name] = (make_step(loss_fn, model, x, y, device, bf16), batch * block, fpt, count_params(model))
+    return cases
 
 
 def main() -> None:
     params = load_params()
-    p = params.pretrain
-    cfg = encoder_config(params, VOCAB)
-    torch.manual_seed(0)
-    ids = torch.randint(5, VOCAB, (p.batch_size, p.block_size))
-    masked, targets = mask_tokens(ids, MASK_ID, VOCAB, SPECIAL_IDS, p.mask_prob, torch.Generator().manual_seed(0))
-    models = {"ours": MaskedLM(cfg), "hf": hf_model(cfg)}
-    steps = {"ours": ours_step, "hf": hf_step}
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
-    for k, m in models.items():
-        m.train()
-        seconds_per_step(steps[k], m, opts[k], masked, targets, WARMUP)
-    timings = {k: [] for k in models}
+    m, p = params.model, params.pretrain
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--d-model", type=int, default=m.d_model)
+    ap.add_argument("--n-layers", type=int, default=m.n_layers)
+    ap.add_argument("--n-heads", type=int, default=m.n_heads)
+    ap.add_argument("--d-ff", type=int, default=m.d_ff)
+    ap.add_argument("--batch-size", type=int, default=p.batch_size)
+    ap.add_argument("--block-size", type=int, default=p.block_size)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--compile", action="store_true", help="torch.compile our encoder")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=8)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, bf16 = torch.device(args.device), args.precision == "bf16"
+    cfg = {
+        "arch": "transformer",
+        "vocab_size": VOCAB,
+        "d_model": args.d_model,
+        "n_layers": args.n_layers,
+        "n_heads": args.n_heads,
+        "d_ff": args.d_ff,
+        "dropout": m.dropout,
+        "max_positions": max(args.block_size, m.max_positions),
+    }
+    cases = build_cases(cfg, args.batch_size, args.block_size, p.mask_prob, device, bf16, args.compile)
+    for step, *_ in cases.values():
+        seconds_per_step(step, 3, device)  # warm-up (and compilation)
+    timings = {k: [] for k in cases}
     peaks = []
-    for r in range(ROUNDS):
-        peaks.append(measure_matmul_peak(torch.device("cpu"), size=1024, repeats=16))
-        for k in ("ours", "hf") if r % 2 == 0 else ("hf", "ours"):
-            timings[k].append(seconds_per_step(steps[k], models[k], opts[k], masked, targets, STEPS))
-    tokens = p.batch_size * p.block_size
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    for r in range(args.rounds):
+        peaks.append(measure_matmul_peak(device, dtype))
+        names = list(cases) if r % 2 == 0 else list(reversed(cases))
+        for k in names:
+            timings[k].append(seconds_per_step(cases[k][0], args.steps, device))
     peak = max(peaks)
-    fpt = flops_per_token(models["ours"], cfg.n_layers, cfg.d_model, p.block_size)
-    tps = {k: tokens / statistics.median(v) for k, v in timings.items()}
+    where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(
-        f"config: {cfg.n_layers} layers x {cfg.d_model} wide, {cfg.n_heads} heads, d_ff {cfg.d_ff}, vocab {VOCAB}, "
-        f"batch {p.batch_size} x {p.block_size}, fp32, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        f"config: {args.n_layers} layers x {args.d_model} wide, {args.n_heads} heads, d_ff {args.d_ff}, "
+        f"vocab {VOCAB}, batch {args.batch_size} x {args.block_size}, {args.precision}"
+        f"{', compiled' if args.compile else ''}, {where}, torch {torch.__version__}"
     )
-    print(
-        f"non-embedding parameters: ours {count_params(models['ours']):,}, hf {count_params(models['hf']):,}; "
-        f"matmul peak {peak / 1e9:.0f} GFLOP/s (best of {ROUNDS})\n"
-    )
-    print("| model | tokens/s (median of 5 rounds) | ratio to HF | MFU |")
-    print("|---|---|---|---|")
-    for k, name in (("ours", "ours (MaskedLM)"), ("hf", "HF BertForMaskedLM (sdpa)")):
-        print(f"| {name} | {tps[k]:,.0f} | {tps[k] / tps['hf']:.2f}x | {tps[k] * fpt / peak:.0%} |")
+    print(f"matmul peak {peak / 1e12:.3g} TFLOP/s ({args.precision}, best of {args.rounds} measurements in this run)\n")
+    print(f"| model | non-embedding params | tokens/s (median of {args.rounds} rounds) | ratio to HF | MFU |")
+    print("|---|---|---|---|---|")
+    names = list(cases)
+    for i in range(0, len(names), 2):
+        ours, theirs = names[i], names[i + 1]
+        tps = {k: cases[k][1] / statistics.median(timings[k]) for k in (ours, theirs)}
+        for k in (ours, theirs):
+            mfu = tps[k] * cases[ours][2] / peak
+            print(f"| {k} | {cases[k][3]:,} | {tps[k]:,.0f} | {tps[k] / tps[theirs]:.2f}x | {mfu:.0%} |")
 
 
 if __name__ == "__main__":
