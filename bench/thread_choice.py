@@ -70,7 +70,9 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     counts = sorted({1, cores})
     print(f"{cores} cores, torch {torch.__version__}; tokens/s, median of {ROUNDS} alternating rounds\n")
-    print("| condition | " + " | ".join(f"{n} thread{'s' * (n > 1)}" for n in counts) + " | auto picked | auto vs best |")
+    print(
+        "| condition | " + " | ".join(f"{n} thread{'s' * (n > 1)}" for n in counts) + " | auto picked | auto vs best |"
+    )
     print("|---|" + "---|" * len(counts) + "---|---|")
     for condition in ("idle", "one core busy"):
         neighbour = None

@@ -64,6 +64,9 @@ def hf_gpt2(cfg):
         resid_pdrop=cfg["dropout"],
         embd_pdrop=cfg["dropout"],
         attn_pdrop=cfg["dropout"],
+        bos_token_id=2,  # our [CLS]/[SEP]: GPT-2's defaults lie outside an 8,000-word vocabulary
+        eos_token_id=3,
+        loss_type="ForCausalLM",
     )
     config._attn_implementation = "sdpa"
     return GPT2LMHeadModel(config)
@@ -119,11 +122,17 @@ def build_cases(cfg: dict, batch: int, block: int, mask_prob: float, device, bf1
         decoded = mask_prob if objective == "mlm" else 1.0
         fpt = flops_per_token(ours, model_config({**cfg, "causal": objective == "causal"}), block, decoded)
         if objective == "mlm":
-            pairs = {"ours MaskedLM": (ours, ours_loss, masked, targets), "HF BertForMaskedLM": (theirs, hf_loss, masked, targets)}
+            pairs = {
+                "ours MaskedLM": (ours, ours_loss, masked, targets),
+                "HF BertForMaskedLM": (theirs, hf_loss, masked, targets),
+            }
         else:
             # Same T input tokens for both: GPT-2 shifts its labels inside, ours takes them shifted.
             shifted = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], dim=1)
-            pairs = {"ours CausalLM": (ours, ours_loss, ids, shifted), "HF GPT2LMHeadModel": (theirs, hf_loss, ids, ids)}
+            pairs = {
+                "ours CausalLM": (ours, ours_loss, ids, shifted),
+                "HF GPT2LMHeadModel": (theirs, hf_loss, ids, ids),
+            }
         for name, (model, loss_fn, x, y) in pairs.items():
             model.train()
             cases[name] = (make_step(loss_fn, model, x, y, device, bf16), batch * block, fpt, count_params(model))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ import torch.distributed as dist
 from torch import nn
 
 from tasks.common import StageError, pick_device
+
+# Params that change how a stage runs, not what it computes: kept out of resume fingerprints.
+ENGINE_KNOBS = frozenset({"device", "precision", "compile", "threads", "grad_accum_steps", "nproc_per_node"})
 
 
 @dataclass(frozen=True)
@@ -71,28 +75,29 @@ def start_engine(settings, threads: int | None = None) -> Engine:
 
 
 def choose_threads(setting, world: int = 1, candidates: tuple[int, ...] | None = None) -> int:
-    """An explicit count is used as is. `auto` times a matmul of a training step's shape with
-    one thread and with every core this process may use, and takes the faster: a neighbour
-    busy on one core can make two threads slower than one."""
+    """An explicit count is used as is. `auto` times a burst of small matmuls (a training
+    step is many small ops, each ending in a barrier) with one thread and with every core this
+    process may use, and takes the faster: a neighbour busy on one core stalls every barrier
+    of a two-thread op, making two threads slower than one."""
     if setting != "auto":
         return int(setting)
     most = max(1, len(os.sched_getaffinity(0)) // world)
     candidates = candidates or tuple(sorted({1, most}))
     if len(candidates) == 1:
         return candidates[0]
-    a, b = torch.randn(2048, 128), torch.randn(128, 512)
-    best = dict.fromkeys(candidates, float("inf"))
+    a, b = torch.randn(512, 128), torch.randn(128, 512)
+    timings: dict[int, list[float]] = {n: [] for n in candidates}
     before = torch.get_num_threads()
-    for _ in range(3):  # interleaved rounds, best of each: a momentary hiccup does not decide
+    for _ in range(3):  # interleaved rounds, median of each: one lucky or unlucky window does not decide
         for n in candidates:
             torch.set_num_threads(n)
             a @ b
             start = time.perf_counter()
-            for _ in range(5):
-                a @ b
-            best[n] = min(best[n], time.perf_counter() - start)
+            for _ in range(40):
+                (a @ b).relu_()
+            timings[n].append(time.perf_counter() - start)
     torch.set_num_threads(before)
-    return min(candidates, key=lambda n: best[n])
+    return min(candidates, key=lambda n: statistics.median(timings[n]))
 
 
 def maybe_compile(body: nn.Module, enabled: bool) -> None:

@@ -11,6 +11,7 @@ architecture: `lr_decay` gives each lower layer group a smaller learning rate
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from models import build_classifier, model_config
 from tasks.common import atomic_dir, read_json, run_stage, seed_everything
 from tasks.config import FinetuneParams, Params, load_params
 from tasks.engine import (
+    ENGINE_KNOBS,
     Engine,
     all_reduce_sum,
     barrier,
@@ -45,13 +47,18 @@ from tasks.training import (
     load_weights,
     measure_matmul_peak,
     pad_batch,
+    restore_resume_state,
+    resume_meta,
+    run_fingerprint,
     save_checkpoint,
+    save_resume_state,
     warmup_cosine,
 )
 
 DATA_DIR = Path("data/tokenized")
 PRETRAINED_DIR = Path("checkpoints/pretrained")
 OUT_DIR = Path("checkpoints/finetuned")
+RESUME_DIR = Path("checkpoints/.finetune-resume")  # not a DVC output: scratch state of an unfinished run
 
 
 @torch.no_grad()
@@ -109,6 +116,17 @@ def unfreeze_top(model: nn.Module, k: int) -> None:
             p.requires_grad_(i >= len(layers) - k)
 
 
+def fingerprint(params: Params, labels: list[str], data_dir: Path, pretrained_dir: Path) -> str:
+    knobs = {"seed": params.seed, "labels": labels, "finetune": params.finetune.model_dump(exclude=ENGINE_KNOBS)}
+    return run_fingerprint(knobs, data_dir / "train", data_dir / "validation", pretrained_dir)
+
+
+def resumable_run_id(params: Params, resume_dir: Path = RESUME_DIR) -> str | None:
+    """The MLflow run a killed fine-tuning left behind, if its saved state fits these params."""
+    meta = resume_meta(resume_dir, fingerprint(params, params.ingest.labels, DATA_DIR, PRETRAINED_DIR))
+    return meta.get("mlflow_run_id") if meta else None
+
+
 def finetune(
     params: Params,
     labels: list[str],
@@ -116,12 +134,18 @@ def finetune(
     pretrained_dir: Path = PRETRAINED_DIR,
     out_dir: Path = OUT_DIR,
     log=lambda metrics, step: None,
+    resume_dir: Path = RESUME_DIR,
+    run_id: str | None = None,
 ) -> dict:
+    """Train the classifier; after every epoch the whole state goes to `resume_dir`, so a
+    killed run continues from its last finished epoch and ends with the same weights."""
     import datasets
 
     f = params.finetune
     seed_everything(params.seed)
-    engine = start_engine(f)
+    run_key = fingerprint(params, labels, data_dir, pretrained_dir)
+    saved = resume_meta(resume_dir, run_key)
+    engine = start_engine(f, threads=saved and saved.get("threads"))
     device = engine.device
     train = datasets.load_from_disk(str(data_dir / "train"))
     val = datasets.load_from_disk(str(data_dir / "validation"))
@@ -138,12 +162,20 @@ def finetune(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(int(f.warmup_ratio * total), total))
     flops_tok = flops_per_token(model, model_config(config), int(np.mean(lengths)))
     peak = measure_matmul_peak(device, torch.bfloat16 if engine.bf16 else torch.float32)
+    best = {"val_macro_f1": -1.0, "epoch": 0, "state": None}
+    history, step, bad_epochs, first_epoch, wall = [], 0, 0, 1, 0.0
+    if saved:
+        meta, tensors = restore_resume_state(resume_dir, model, optimizer, schedule, gen)
+        history, step, bad_epochs, wall = meta["history"], meta["step"], meta["bad_epochs"], meta["wall_s"]
+        best = {**meta["best"], "state": {k.removeprefix("best."): v for k, v in tensors.items()}}
+        first_epoch = meta["epoch"] + 1
+        if engine.is_main:
+            print(f"finetune: resuming after epoch {meta['epoch']} ({resume_dir})")
     maybe_compile(model.body, f.compile)
     if engine.is_main:
         print(f"finetune: {config['arch']} classifier, init {f.init}, {json.dumps(engine.describe())}")
-    best = {"val_macro_f1": -1.0, "epoch": 0, "state": None}
-    history, step, start, bad_epochs = [], 0, time.perf_counter(), 0
-    for epoch in range(1, f.max_epochs + 1):
+    start = time.perf_counter() - wall
+    for epoch in range(first_epoch, f.max_epochs + 1):
         unfreeze_top(model, epoch if f.gradual_unfreeze else n_groups)
         train_model = wrap_ddp(model, engine)  # re-wrapped: DDP syncs only what trains now
         model.train()
@@ -185,6 +217,20 @@ def finetune(
                 if engine.is_main:
                     print(f"early stop: no gain in validation macro-F1 for {f.patience} epoch(s)")
                 break
+        if engine.is_main and epoch < f.max_epochs:
+            meta = {
+                "fingerprint": run_key,
+                "mlflow_run_id": run_id,
+                "threads": engine.threads,
+                "epoch": epoch,
+                "step": step,
+                "bad_epochs": bad_epochs,
+                "wall_s": time.perf_counter() - start,
+                "history": history,
+                "best": {k: v for k, v in best.items() if k != "state"},
+            }
+            best_tensors = {f"best.{k}": v.contiguous() for k, v in best["state"].items()}
+            save_resume_state(resume_dir, model, optimizer, schedule, gen, meta, best_tensors)
     model.load_state_dict(best["state"])
     summary = {
         "best_val_macro_f1": best["val_macro_f1"],
@@ -201,11 +247,13 @@ def finetune(
             "finetune": f.model_dump(),
             "engine": engine.describe(),
             "seed": params.seed,
+            "mlflow_run_id": run_id,
             "history": history,
             **summary,
         }
         with atomic_dir(out_dir) as tmp:
             save_checkpoint(tmp, model.cpu(), meta)
+        shutil.rmtree(resume_dir, ignore_errors=True)
     barrier(engine)
     stop_engine(engine)
     return summary
@@ -253,8 +301,10 @@ def main() -> None:
     if not is_rank_zero():
         finetune(params, params.ingest.labels)
         return
-    with stage_run("finetune", {"finetune": params.finetune.model_dump()}):
-        summary = finetune(params, params.ingest.labels, log=lambda m, s: mlflow.log_metrics(m, step=s))
+    # A killed run left its state behind: continue it, in the same MLflow run.
+    with stage_run("finetune", {"finetune": params.finetune.model_dump()}, run_id=resumable_run_id(params)) as run:
+        log = lambda m, s: mlflow.log_metrics(m, step=s)  # noqa: E731
+        summary = finetune(params, params.ingest.labels, log=log, run_id=run.info.run_id)
         mlflow.log_metrics(summary)
     print(f"finetune: best validation macro-F1 {summary['best_val_macro_f1']:.4f} at epoch {summary['best_epoch']}")
 

@@ -11,14 +11,12 @@ With `pretrain.nproc_per_node` > 1 the stage re-launches itself under torchrun (
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from models import build_language_model, model_config
@@ -26,6 +24,7 @@ from models.transformer import decay_groups, mask_tokens
 from tasks.common import StageError, atomic_dir, read_json, run_stage, seed_everything
 from tasks.config import Params, load_params
 from tasks.engine import (
+    ENGINE_KNOBS,
     Engine,
     all_reduce_sum,
     barrier,
@@ -40,10 +39,12 @@ from tasks.engine import (
 )
 from tasks.training import (
     flops_per_token,
-    load_optimizer_state,
-    load_weights,
     measure_matmul_peak,
+    restore_resume_state,
+    resume_meta,
+    run_fingerprint,
     save_checkpoint,
+    save_resume_state,
     warmup_cosine,
 )
 
@@ -53,7 +54,6 @@ OUT_DIR = Path("checkpoints/pretrained")
 RESUME_DIR = Path("checkpoints/.pretrain-resume")  # not a DVC output: scratch state of an unfinished run
 SPECIAL_IDS = torch.tensor([0, 1, 2, 3, 4])  # [PAD] [UNK] [CLS] [SEP] [MASK]
 MASK_ID = 4
-ENGINE_KNOBS = {"log_every", "checkpoint_every", "device", "precision", "compile", "threads", "nproc_per_node"}
 
 
 def pack(sequences: list[list[int]], block_size: int) -> torch.Tensor:
@@ -106,29 +106,17 @@ def evaluate_lm(model, rows: torch.Tensor, params: Params, vocab_size: int, engi
 
 
 def fingerprint(params: Params, data_dir: Path = DATA_DIR) -> str:
-    """Identifies a training run: a saved resume state is only used by the identical run."""
-    h = hashlib.sha256()
     knobs = {
         "seed": params.seed,
         "model": params.model.model_dump(),
-        "pretrain": params.pretrain.model_dump(exclude=ENGINE_KNOBS),
+        "pretrain": params.pretrain.model_dump(exclude=ENGINE_KNOBS | {"log_every", "checkpoint_every"}),
     }
-    h.update(json.dumps(knobs, sort_keys=True).encode())
-    for f in sorted((data_dir / "train").iterdir()):
-        h.update(f.name.encode() + f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _resume_meta(resume_dir: Path, run_key: str) -> dict | None:
-    """The saved state's metadata, only if it belongs to the run identified by `run_key`."""
-    meta_file = resume_dir / "checkpoint.json"
-    meta = read_json(meta_file) if meta_file.exists() else None
-    return meta if meta and meta.get("fingerprint") == run_key else None
+    return run_fingerprint(knobs, data_dir / "train")
 
 
 def resumable_run_id(params: Params, resume_dir: Path = RESUME_DIR, data_dir: Path = DATA_DIR) -> str | None:
     """The MLflow run a killed pretraining left behind, if its saved state fits these params."""
-    meta = _resume_meta(resume_dir, fingerprint(params, data_dir))
+    meta = resume_meta(resume_dir, fingerprint(params, data_dir))
     return meta.get("mlflow_run_id") if meta else None
 
 
@@ -147,7 +135,7 @@ def pretrain(
     p = params.pretrain
     seed_everything(params.seed)
     run_key = fingerprint(params, data_dir)
-    saved = _resume_meta(resume_dir, run_key)
+    saved = resume_meta(resume_dir, run_key)
     engine = start_engine(p, threads=saved and saved.get("threads"))
     device = engine.device
     vocab_size = read_json(data_dir / "stats.json")["vocab_size"]
@@ -165,7 +153,8 @@ def pretrain(
     state = {"step": 0, "cursor": 0, "tokens_seen": 0, "window_loss": 0.0, "window_tokens": 0, "wall_s": 0.0}
     order = torch.randperm(len(blocks), generator=gen)
     if saved:
-        state, order = _restore(resume_dir, model, optimizer, schedule, gen)
+        meta, tensors = restore_resume_state(resume_dir, model, optimizer, schedule, gen)
+        state, order = {k: meta[k] for k in state}, tensors["order"]
         if engine.is_main:
             print(f"pretrain: resuming from step {state['step']} ({resume_dir})")
     maybe_compile(model.encoder if hasattr(model, "encoder") else model.body, p.compile)
@@ -210,7 +199,8 @@ def pretrain(
             state["window_loss"], state["window_tokens"], window_start = 0.0, 0, time.perf_counter()
         if (step + 1) % p.checkpoint_every == 0 and step + 1 < p.max_steps and engine.is_main:
             state.update(step=step + 1, cursor=cursor, wall_s=time.perf_counter() - start)
-            _save_resume(resume_dir, model, optimizer, schedule, gen, order, state, run_key, run_id, engine.threads)
+            meta = {**state, "fingerprint": run_key, "mlflow_run_id": run_id, "threads": engine.threads}
+            save_resume_state(resume_dir, model, optimizer, schedule, gen, meta, {"order": order})
     summary = {"tokens_seen": state["tokens_seen"], "wall_s": time.perf_counter() - start}
     if engine.is_main:
         summary |= _finish(
@@ -262,36 +252,6 @@ def _finish(model, optimizer, val_blocks, params, vocab_size, engine, out_dir, r
         save_checkpoint(tmp, model.cpu(), meta, optimizer)
     shutil.rmtree(resume_dir, ignore_errors=True)
     return {"val_loss": val_loss}
-
-
-def _save_resume(directory, model, optimizer, schedule, gen, order, state, run_key, run_id, threads) -> None:
-    """Everything the loop needs to continue bit-for-bit: weights, optimizer, schedule,
-    both random generators, the data order, where in it we are and the thread count."""
-    with atomic_dir(directory) as tmp:
-        meta = {
-            **state,
-            "fingerprint": run_key,
-            "mlflow_run_id": run_id,
-            "threads": threads,
-            "schedule": {k: v for k, v in schedule.state_dict().items() if k != "lr_lambdas"},
-        }
-        save_checkpoint(tmp, model, meta, optimizer)
-        save_file(
-            {"generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "order": order},
-            str(tmp / "state.safetensors"),
-        )
-
-
-def _restore(directory, model, optimizer, schedule, gen) -> tuple[dict, torch.Tensor]:
-    meta = read_json(directory / "checkpoint.json")
-    load_weights(directory, model)
-    load_optimizer_state(directory, optimizer)
-    schedule.load_state_dict({**meta["schedule"], "lr_lambdas": [None]})
-    tensors = load_file(str(directory / "state.safetensors"))
-    gen.set_state(tensors["generator"])
-    torch.set_rng_state(tensors["torch_rng"])
-    keys = ("step", "cursor", "tokens_seen", "window_loss", "window_tokens", "wall_s")
-    return {k: meta[k] for k in keys}, tensors["order"]
 
 
 def main() -> None:

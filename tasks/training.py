@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from pathlib import Path
@@ -10,7 +12,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from tasks.common import StageError, read_json, write_json_atomic
+from tasks.common import StageError, atomic_dir, read_json, write_json_atomic
 
 
 def warmup_cosine(warmup: int, total: int, floor: float = 0.1):
@@ -46,6 +48,47 @@ def load_optimizer_state(directory: Path, optimizer: torch.optim.Optimizer) -> N
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = tensor
     optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
+
+
+def run_fingerprint(knobs: dict, *folders: Path) -> str:
+    """Identifies a training run by its result-changing params and input files: a saved resume
+    state is only used by the identical run."""
+    h = hashlib.sha256(json.dumps(knobs, sort_keys=True).encode())
+    for folder in folders:
+        for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+            h.update(str(f.relative_to(folder)).encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def resume_meta(directory: Path, fingerprint: str) -> dict | None:
+    """The saved state's metadata, only if it belongs to the run with this fingerprint."""
+    meta_file = directory / "checkpoint.json"
+    meta = read_json(meta_file) if meta_file.exists() else None
+    return meta if meta and meta.get("fingerprint") == fingerprint else None
+
+
+def save_resume_state(directory: Path, model, optimizer, schedule, gen, meta: dict, tensors: dict) -> None:
+    """Everything a loop needs to continue bit-for-bit: weights, optimizer, schedule, both
+    random generators, plus the loop's own `meta` (JSON) and `tensors` (safetensors)."""
+    with atomic_dir(directory) as tmp:
+        meta = {**meta, "schedule": {k: v for k, v in schedule.state_dict().items() if k != "lr_lambdas"}}
+        save_checkpoint(tmp, model, meta, optimizer)
+        save_file(
+            {"generator": gen.get_state(), "torch_rng": torch.get_rng_state(), **tensors},
+            str(tmp / "state.safetensors"),
+        )
+
+
+def restore_resume_state(directory: Path, model, optimizer, schedule, gen) -> tuple[dict, dict]:
+    """Load what `save_resume_state` wrote; returns the loop's meta and its extra tensors."""
+    meta = read_json(directory / "checkpoint.json")
+    load_weights(directory, model)
+    load_optimizer_state(directory, optimizer)
+    schedule.load_state_dict({**meta["schedule"], "lr_lambdas": [None] * len(optimizer.param_groups)})
+    tensors = load_file(str(directory / "state.safetensors"))
+    gen.set_state(tensors.pop("generator"))
+    torch.set_rng_state(tensors.pop("torch_rng"))
+    return meta, tensors
 
 
 def load_weights(directory: Path, model: nn.Module, strict: bool = True) -> None:

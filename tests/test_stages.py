@@ -195,3 +195,42 @@ def test_recurrent_models_refuse_the_masked_objective(workdir):
 
     with pytest.raises(ParamsError, match="pretrain.objective to causal"):
         parse_params(tiny_params(model={"arch": "lstm"}))
+
+
+def test_killed_finetuning_resumes_to_the_same_weights_and_run(tokenized):
+    """SIGKILL a real `python -m tasks.finetune` after some epochs, start it again, and compare
+    with an uninterrupted run: same weights, one MLflow run whose curve spans the kill."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    pretrain(tokenized)
+    raw = yaml.safe_load(open("params.yaml"))
+    raw["finetune"].update(batch_size=2, max_epochs=60, patience=60)
+    Path("params.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.finetune"], env=env, stderr=subprocess.DEVNULL)
+    meta = Path("checkpoints/.finetune-resume/checkpoint.json")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (meta.exists() and read_json(meta)["epoch"] >= 3):
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = read_json(meta)["epoch"]
+    assert 3 <= killed_at < 60 and not Path("checkpoints/finetuned").exists()
+    subprocess.run([sys.executable, "-m", "tasks.finetune"], env=env, check=True, capture_output=True)
+    resumed = Path("checkpoints/finetuned/model.safetensors").read_bytes()
+    assert not Path("checkpoints/.finetune-resume").exists()
+
+    params = load_params()
+    finetune(params, params.ingest.labels, out_dir=Path("uninterrupted"), resume_dir=Path("unused-resume"))
+    assert Path("uninterrupted/model.safetensors").read_bytes() == resumed
+
+    run_id = read_json("checkpoints/finetuned/checkpoint.json")["mlflow_run_id"]
+    client = mlflow.MlflowClient()
+    steps = [m.step for m in client.get_metric_history(run_id, "val_macro_f1")]
+    assert steps == list(range(1, 61))
