@@ -147,6 +147,7 @@ def main() -> None:
     ap.add_argument("--n-layers", type=int, default=m.n_layers)
     ap.add_argument("--n-heads", type=int, default=m.n_heads)
     ap.add_argument("--d-ff", type=int, default=m.d_ff)
+    ap.add_argument("--dropout", type=float, default=p.dropout)
     ap.add_argument("--batch-size", type=int, default=p.batch_size)
     ap.add_argument("--block-size", type=int, default=p.block_size)
     ap.add_argument("--device", default="cpu")
@@ -166,7 +167,7 @@ def main() -> None:
         "n_layers": args.n_layers,
         "n_heads": args.n_heads,
         "d_ff": args.d_ff,
-        "dropout": m.dropout,
+        "dropout": args.dropout,
         "max_positions": max(args.block_size, m.max_positions),
     }
     cases = build_cases(cfg, args.batch_size, args.block_size, p.mask_prob, device, bf16, args.compile)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from models.lm_loss import linear_cross_entropy
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -69,10 +70,11 @@ class RecurrentLM(nn.Module):
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None):
-        logits = self.body(ids) @ self.body.tok.weight.T + self.bias
+        """Logits (no targets), or (None, mean loss over the targets that are not -100)."""
+        h = self.body(ids)
         if targets is None:
-            return logits, None
-        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+            return h @ self.body.tok.weight.T + self.bias, None
+        return None, linear_cross_entropy(h, self.body.tok.weight, self.bias, targets)
 
 
 class RecurrentClassifier(nn.Module):

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.lm_loss import linear_cross_entropy
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -106,14 +108,14 @@ class MaskedLM(nn.Module):
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None):
+        """Logits (no targets), or (None, mean loss over the masked positions)."""
         h = self.encoder(ids)
         if targets is None:
             return self.transform(h) @ self.encoder.tok.weight.T + self.bias, None
         # Decode only the masked positions: the vocabulary projection dominates the cost.
+        # (An empty selection, possible in a small micro-batch, gives a loss of 0, not NaN.)
         sel = targets != -100
-        logits = self.transform(h[sel]) @ self.encoder.tok.weight.T + self.bias
-        # A sum over a possibly empty selection: a micro-batch with no masked token gives 0, not NaN.
-        return logits, F.cross_entropy(logits, targets[sel], reduction="sum") / sel.sum().clamp(min=1)
+        return None, linear_cross_entropy(self.transform(h[sel]), self.encoder.tok.weight, self.bias, targets[sel])
 
 
 class CausalLM(nn.Module):
@@ -126,10 +128,11 @@ class CausalLM(nn.Module):
         self.encoder = Encoder(cfg)
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None):
-        logits = self.encoder(ids) @ self.encoder.tok.weight.T
+        """Logits (no targets), or (None, mean loss over the targets that are not -100)."""
+        h = self.encoder(ids)
         if targets is None:
-            return logits, None
-        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+            return h @ self.encoder.tok.weight.T, None
+        return None, linear_cross_entropy(h, self.encoder.tok.weight, None, targets)
 
 
 class Classifier(nn.Module):

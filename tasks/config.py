@@ -109,7 +109,6 @@ class ModelParams(_Section):
     n_heads: int = Field(default=4, ge=1)  # Transformer only
     d_ff: int = Field(default=512, ge=8)  # Transformer only
     d_hidden: int = Field(default=512, ge=8)  # recurrent only: width of every layer but the last
-    dropout: float = Field(default=0.1, ge=0, lt=1)
     max_positions: int = Field(default=128, ge=8)  # Transformer only
 
     @model_validator(mode="after")
@@ -148,6 +147,7 @@ class PretrainParams(_EngineParams):
     objective: Literal["mlm", "causal"] = "mlm"  # causal: next-token LM (GPT-style; the only one for RNNs)
     block_size: int = Field(default=128, ge=8)
     batch_size: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)  # inside the network while pretraining
     max_steps: int = Field(default=1000, ge=1)
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
@@ -167,7 +167,7 @@ class FinetuneParams(_EngineParams):
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     grad_clip: float = Field(default=1.0, gt=0)
-    dropout: float = Field(default=0.1, ge=0, lt=1)
+    dropout: float = Field(default=0.1, ge=0, lt=1)  # inside the body and before the head
     lr_decay: float = Field(default=1.0, ge=1)  # discriminative LR: each lower layer group gets lr / lr_decay
     gradual_unfreeze: bool = False  # epoch k trains the top k layer groups only (ULMFiT)
 

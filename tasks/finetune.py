@@ -77,7 +77,8 @@ def predict_proba(model: nn.Module, sequences: list[list[int]], device, batch_si
 
 def build(params: Params, n_classes: int, pretrained_dir: Path) -> tuple[nn.Module, dict]:
     """The classifier for the pretrained checkpoint's network, its body loaded unless init is scratch."""
-    config = read_json(pretrained_dir / "checkpoint.json")["model_config"]
+    # The pretrained network, with fine-tuning's own dropout.
+    config = {**read_json(pretrained_dir / "checkpoint.json")["model_config"], "dropout": params.finetune.dropout}
     model = build_classifier(config, n_classes, head_dropout=params.finetune.dropout)
     if params.finetune.init == "pretrained":
         load_body_weights(pretrained_dir / "model.safetensors", model.body)

@@ -71,10 +71,11 @@ def lm_config(params: Params, vocab_size: int) -> dict:
     """The `model_config` of the network params.yaml describes (see `models.model_config`)."""
     m = params.model
     if m.arch == "transformer":
-        fields = {"d_model", "n_layers", "n_heads", "d_ff", "dropout", "max_positions"}
+        fields = {"d_model", "n_layers", "n_heads", "d_ff", "max_positions"}
         extra = {"causal": params.pretrain.objective == "causal"}
     else:
-        fields, extra = {"d_model", "d_hidden", "n_layers", "dropout"}, {}
+        fields, extra = {"d_model", "d_hidden", "n_layers"}, {}
+    extra["dropout"] = params.pretrain.dropout
     return model_config({"arch": m.arch, "vocab_size": vocab_size, **m.model_dump(include=fields), **extra}).to_dict()
 
 

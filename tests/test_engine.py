@@ -30,7 +30,7 @@ def _engine(rank=0, world=1) -> Engine:
 
 def _prepare(**overrides):
     """Tiny params (dropout off, so runs are comparable across process layouts) and tokenized data."""
-    deterministic = {"model": {"dropout": 0.0}, "finetune": {"dropout": 0.0}}
+    deterministic = {"pretrain": {"dropout": 0.0}, "finetune": {"dropout": 0.0}}
     for section, values in overrides.items():
         deterministic.setdefault(section, {}).update(values)
     Path("params.yaml").write_text(yaml.safe_dump(tiny_params(**deterministic)))
