@@ -46,6 +46,7 @@ def hf_bert(cfg):
         max_position_embeddings=cfg["max_positions"],
         hidden_dropout_prob=cfg["dropout"],
         attention_probs_dropout_prob=cfg["dropout"],
+        loss_type="ForMaskedLM",
     )
     config._attn_implementation = "sdpa"
     return BertForMaskedLM(config)

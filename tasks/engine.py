@@ -88,7 +88,7 @@ def choose_threads(setting, world: int = 1, candidates: tuple[int, ...] | None =
     a, b = torch.randn(512, 128), torch.randn(128, 512)
     timings: dict[int, list[float]] = {n: [] for n in candidates}
     before = torch.get_num_threads()
-    for _ in range(3):  # interleaved rounds, median of each: one lucky or unlucky window does not decide
+    for _ in range(8):  # interleaved rounds; the mean counts the stalls a busy core causes
         for n in candidates:
             torch.set_num_threads(n)
             a @ b
@@ -97,7 +97,7 @@ def choose_threads(setting, world: int = 1, candidates: tuple[int, ...] | None =
                 (a @ b).relu_()
             timings[n].append(time.perf_counter() - start)
     torch.set_num_threads(before)
-    return min(candidates, key=lambda n: statistics.median(timings[n]))
+    return min(candidates, key=lambda n: statistics.fmean(timings[n]))
 
 
 def maybe_compile(body: nn.Module, enabled: bool) -> None:
