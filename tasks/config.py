@@ -180,6 +180,17 @@ class EvaluateParams(_Section):
 class RegisterParams(_Section):
     model_name: str = Field(default="text-classifier", min_length=1)
     alias: str = Field(default="challenger", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+    max_texts_per_request: int = Field(default=1000, ge=1)  # the served model refuses larger requests
+
+
+class PromoteParams(_Section):
+    """Gates a challenger must pass to become champion; both are scored on the same data."""
+
+    min_accuracy: float = Field(default=0.5, ge=0, le=1)
+    min_macro_f1: float = Field(default=0.5, ge=0, le=1)
+    min_improvement: float = Field(default=0.0, ge=-1, le=1)  # challenger macro-F1 minus champion's
+    max_recall_drop: float = Field(default=0.05, ge=0, le=1)  # largest allowed fall of any class's recall
+    split: Literal["test", "validation"] = "test"  # the held-out split of data/validated both are scored on
 
 
 class Params(_Section):
@@ -192,6 +203,7 @@ class Params(_Section):
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     register_: RegisterParams = Field(default_factory=RegisterParams, alias="register")
+    promote: PromoteParams = Field(default_factory=PromoteParams)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -6,7 +6,9 @@ without this repository on the path. Weights load from safetensors: nothing is u
 Only `models/` may be imported here: `tasks/` does not travel with the model.
 """
 
+import hashlib
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -22,10 +24,33 @@ from models import build_classifier
 TEXT_COLUMN = "text"
 
 
+class ModelLoadError(RuntimeError):
+    """The model's artifacts are missing or do not match what was registered."""
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class TextClassifier(PythonModel):
     def load_context(self, context) -> None:
-        meta = json.loads(open(context.artifacts["config"]).read())
+        for name in ("config", "tokenizer", "weights"):
+            if name not in context.artifacts or not Path(context.artifacts[name]).is_file():
+                raise ModelLoadError(f"the model's '{name}' artifact is missing")
+        try:
+            meta = json.loads(Path(context.artifacts["config"]).read_text())
+        except ValueError as err:
+            raise ModelLoadError(f"the model's config artifact is not valid JSON ({err})") from None
+        # A flipped byte in the weights still loads; the checksum taken at registration does not match.
+        expected = meta.get("weights_sha256")
+        if expected and _sha256(context.artifacts["weights"]) != expected:
+            raise ModelLoadError("the model's weights do not match the checksum recorded at registration")
         self.labels = meta["labels"]
+        self.max_texts = meta.get("max_texts_per_request", 1000)
         self.tokenizer = Tokenizer.from_file(context.artifacts["tokenizer"])
         self.model = build_classifier(meta["model_config"], len(self.labels))
         load_model(self.model, context.artifacts["weights"])
@@ -35,8 +60,14 @@ class TextClassifier(PythonModel):
     # lists, arrays and Series are accepted too (see _as_texts).
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         texts = _as_texts(model_input)
-        proba = self._proba(texts) if texts else np.zeros((0, len(self.labels)), dtype=np.float32)
-        out = pd.DataFrame({"label": [self.labels[i] for i in proba.argmax(1)] if texts else []})
+        if not texts:
+            raise mlflow.exceptions.MlflowException.invalid_parameter_value("no texts: send at least one string")
+        if len(texts) > self.max_texts:
+            raise mlflow.exceptions.MlflowException.invalid_parameter_value(
+                f"{len(texts)} texts in one request; the limit is {self.max_texts}: split the request"
+            )
+        proba = self._proba(texts)
+        out = pd.DataFrame({"label": [self.labels[i] for i in proba.argmax(1)]})
         for i, name in enumerate(self.labels):
             out[f"proba_{name}"] = proba[:, i].astype(np.float64)
         return out
@@ -60,7 +91,7 @@ def _as_texts(model_input) -> list[str]:
         # A plain list arrives here as a one-column frame named 0.
         if TEXT_COLUMN in model_input.columns:
             values = model_input[TEXT_COLUMN].tolist()
-        elif model_input.shape[1] == 1:
+        elif list(model_input.columns) == [0]:
             values = model_input.iloc[:, 0].tolist()
         else:
             raise mlflow.exceptions.MlflowException.invalid_parameter_value(

@@ -9,8 +9,10 @@ a separate, gated step.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
+import os
 import subprocess
 import tempfile
 import warnings
@@ -20,10 +22,13 @@ import yaml
 
 from tasks.common import StageError, read_json, run_stage, write_json_atomic
 from tasks.config import Params, load_params
+from tasks.model_card import render_from_workspace
+from tasks.tracking import PARENT_ENV
 
 MODEL_DIR = Path("checkpoints/finetuned")
 TOKENIZER_DIR = Path("checkpoints/tokenizer")
 METRICS_FILE = Path("reports/metrics.json")
+EVAL_DIR = Path("reports/evaluation")
 OUT_FILE = Path("reports/registered.json")
 LOCK_FILE = Path("dvc.lock")
 # Absolute, so registering works from any working folder.
@@ -73,6 +78,20 @@ def lineage_params(params: Params, lock_file: Path = LOCK_FILE) -> dict:
     return used or params.model_dump(by_alias=True)
 
 
+def restore_command(commit: str) -> str:
+    """How to get this exact data back: the commit's dvc.lock names it, the remote holds it."""
+    sha = commit.removesuffix("-dirty")
+    return f"git checkout {sha} -- dvc.lock && dvc pull data/validated (or dvc checkout data/validated)"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def pip_requirements() -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in RUNTIME_PACKAGES]
 
@@ -94,7 +113,15 @@ def register(params: Params) -> dict:
     # The pyfunc's config is written to scratch space: finetune's output folder is DVC's, not ours.
     with tempfile.TemporaryDirectory() as scratch:
         config_file = Path(scratch) / "config.json"
-        write_json_atomic(config_file, {"labels": meta["labels"], "model_config": meta["model_config"]})
+        write_json_atomic(
+            config_file,
+            {
+                "labels": meta["labels"],
+                "model_config": meta["model_config"],
+                "weights_sha256": file_sha256(MODEL_DIR / "model.safetensors"),
+                "max_texts_per_request": cfg.max_texts_per_request,
+            },
+        )
         artifacts = {
             "weights": str(MODEL_DIR / "model.safetensors"),
             "tokenizer": str(TOKENIZER_DIR / "tokenizer.json"),
@@ -113,17 +140,28 @@ def register(params: Params) -> dict:
                 registered_model_name=cfg.model_name,
             )
     metrics = read_json(METRICS_FILE)
+    run_id = mlflow.active_run().info.run_id
+    commit = git_commit()
     tags = {
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "data_hash": data_hash(),
+        "restore_data": restore_command(commit),
         "params": json.dumps(lineage_params(params), sort_keys=True),
         "test_accuracy": f"{metrics['test']['accuracy']:.4f}",
         "test_macro_f1": f"{metrics['test']['macro_f1']:.4f}",
         "baseline_macro_f1": f"{metrics['baseline']['macro_f1']:.4f}",
-        "source_run_id": mlflow.active_run().info.run_id,
+        "source_run_id": run_id,
+        "pipeline_run_id": os.environ.get(PARENT_ENV, ""),
+        "evaluation_report": f"runs:/{run_id}/evaluation/index.html",
+        "model_card": f"runs:/{run_id}/model_card.md",
     }
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)
+    if EVAL_DIR.exists():
+        mlflow.log_artifacts(str(EVAL_DIR), "evaluation")
+    card = render_from_workspace(cfg.model_name, version, tags, params.tokenize.max_length)
+    mlflow.log_text(card, "model_card.md")
+    client.update_model_version(cfg.model_name, version, description=card)
     for key, value in tags.items():
         client.set_model_version_tag(cfg.model_name, version, key, value)
     client.set_registered_model_alias(cfg.model_name, cfg.alias, version)

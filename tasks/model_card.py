@@ -1,0 +1,113 @@
+"""A short model card for each registered version, generated from what the stages wrote.
+
+Markdown, so it reads the same as the version's description in the MLflow UI, as the
+`model_card.md` artifact of the registering run, and in a terminal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tasks.common import read_json
+
+
+def _row(name: str, ours: dict, base: dict) -> str:
+    return f"| {name} | {ours['accuracy']:.4f} | {ours['macro_f1']:.4f} | {ours['ece']:.4f} | {base['accuracy']:.4f} | {base['macro_f1']:.4f} |"
+
+
+def known_limits(metrics: dict, finetuned: dict, tokenize_max_length: int) -> list[str]:
+    """Limits a user should know before trusting the model, from its own numbers."""
+    t, b = metrics["test"], metrics["baseline"]
+    limits = [
+        f"Texts longer than {tokenize_max_length} tokens are cut: only their start is read.",
+        "Trained on one corpus; accuracy on text from another domain is unmeasured.",
+    ]
+    if t["macro_f1"] <= b["macro_f1"]:
+        limits.insert(
+            0,
+            f"Does not beat the TF-IDF + logistic-regression baseline on macro-F1 "
+            f"({t['macro_f1']:.4f} vs {b['macro_f1']:.4f}).",
+        )
+    weakest = min(t["per_class"], key=lambda c: t["per_class"][c]["recall"])
+    limits.append(f"Weakest class: `{weakest}` (recall {t['per_class'][weakest]['recall']:.3f}).")
+    if t["ece"] > 0.05:
+        limits.append(f"Probabilities are not well calibrated (ECE {t['ece']:.3f}): treat them as scores.")
+    if finetuned.get("init") == "scratch":
+        limits.append("Trained from scratch (finetune.init: scratch): no language-model pretraining.")
+    return limits
+
+
+def render(
+    name: str,
+    version: str,
+    metrics: dict,
+    finetuned: dict,
+    pretrained: dict | None,
+    profile: dict,
+    lineage: dict,
+    tokenize_max_length: int,
+) -> str:
+    t, b = metrics["test"], metrics["baseline"]
+    cfg = finetuned["model_config"]
+    arch = cfg.get("arch", "transformer")
+    shape = f"{cfg['n_layers']} layers × {cfg['d_model']} wide"
+    if pretrained:
+        pre = pretrained.get("pretrain", {})
+        how = (
+            f"{arch} ({shape}), pretrained with {pretrained.get('objective', pre.get('objective', 'mlm'))} LM "
+            f"for {pretrained.get('step')} steps, then fine-tuned ({finetuned.get('best_epoch')} of "
+            f"{finetuned.get('epochs_run')} epochs kept, early stopping on validation macro-F1)"
+        )
+    else:
+        how = f"{arch} ({shape}), fine-tuned"
+    rows = ", ".join(f"{k} {v:,}" for k, v in profile.get("rows", {}).items())
+    per_class = "\n".join(
+        f"| {c} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {b['per_class'][c]['f1']:.3f} | {m['support']} |"
+        for c, m in t["per_class"].items()
+    )
+    limits = "\n".join(f"- {line}" for line in known_limits(metrics, finetuned, tokenize_max_length))
+    return f"""# Model card: {name} version {version}
+
+Text classifier over {len(finetuned["labels"])} labels: {", ".join(f"`{x}`" for x in finetuned["labels"])}.
+Input: raw strings; output: a label and one probability per class.
+
+## Data
+- Source: {profile.get("source", "unknown")}
+- Rows after validation: {rows}
+- Data version (DVC md5 of `data/validated`): `{lineage["data_hash"]}`; restore it with
+  `{lineage["restore_data"]}`
+
+## Training
+- Network: {how}.
+- Code: git commit `{lineage["git_commit"]}`; seed {finetuned.get("seed")}.
+- Params: the `params` tag of this version (as recorded in dvc.lock).
+
+## Results on the test split ({metrics["test_rows"]:,} rows)
+
+| | accuracy | macro-F1 | ECE | baseline accuracy | baseline macro-F1 |
+|---|---|---|---|---|---|
+{_row("model", t, b)}
+
+Baseline: TF-IDF (word 1–2-grams + char 2–5-grams) + logistic regression on the same split.
+
+| class | precision | recall | F1 | baseline F1 | support |
+|---|---|---|---|---|---|
+{per_class}
+
+## Known limits
+{limits}
+"""
+
+
+def render_from_workspace(name: str, version: str, lineage: dict, tokenize_max_length: int) -> str:
+    pretrained_meta = Path("checkpoints/pretrained/checkpoint.json")
+    return render(
+        name,
+        version,
+        read_json("reports/metrics.json"),
+        read_json("checkpoints/finetuned/checkpoint.json"),
+        read_json(pretrained_meta) if pretrained_meta.exists() else None,
+        read_json("data/validated/profile.json") if Path("data/validated/profile.json").exists() else {},
+        lineage,
+        tokenize_max_length,
+    )
