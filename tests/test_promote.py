@@ -8,6 +8,7 @@ score below is known in advance.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -243,3 +244,105 @@ def test_lineage_reaches_run_params_commit_data_and_report(registry, project):
     assert Path(report).read_text().startswith("<!doctype html>")
     card = registry.get_model_version(NAME, project["v1"]).description
     assert card.startswith(f"# Model card: {NAME} version {project['v1']}") and "## Known limits" in card
+
+
+# --- serving the champion through real servers on loopback ---------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _server(cmd: list[str], port: int, log: Path):
+    """Start a server process, wait for /ping, and stop it by pid (escalating) afterwards."""
+    import signal
+    import time
+    import urllib.request
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if proc.poll() is None:
+                os.killpg(proc.pid, sig)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    continue
+
+
+def _post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict | str]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        text = err.read().decode()
+        try:
+            return err.code, json.loads(text)
+        except ValueError:
+            return err.code, text
+
+
+def test_mlflow_models_serve_answers_with_labels_and_probabilities(registry, project, tmp_path):
+    _promote_ok(project["v1"])
+    port = _free_port()
+    cmd = ["mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
+           "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    with _server(cmd, port, tmp_path / "mlflow-serve.log") as url:
+        status, out = _post(url, json.dumps({"inputs": ["what a great flight", "lost my bag again"]}).encode())
+    assert status == 200, out
+    rows = out["predictions"]
+    assert [set(r) for r in rows] == [{"label", "proba_negative", "proba_positive"}] * 2
+    assert all(r["label"] in ("negative", "positive") for r in rows)
+    assert all(abs(r["proba_negative"] + r["proba_positive"] - 1) < 1e-5 for r in rows)
+
+
+def test_the_guarded_server_refuses_malformed_requests_cleanly(registry, project, tmp_path):
+    _promote_ok(project["v1"])
+    port = _free_port()
+    cmd = [sys.executable, "-m", "tasks.serve", "-m", f"models:/{NAME}@champion", "-p", str(port),
+           "--max-bytes", "20000"]  # fmt: skip
+    bad = {
+        "wrong column": json.dumps({"dataframe_records": [{"txt": "hi"}]}),
+        "number": json.dumps({"inputs": ["ok", 3]}),
+        "null": json.dumps({"inputs": ["ok", None]}),
+        "empty list": json.dumps({"inputs": []}),
+        "not JSON": "{inputs: [",
+        "oversized": json.dumps({"inputs": ["word " * 50] * 100}),
+        "too many texts": json.dumps({"inputs": ["hi"] * 1001}),
+    }
+    with _server(cmd, port, tmp_path / "serve.log") as url:
+        status, out = _post(url, json.dumps({"dataframe_records": [{"text": "what a great flight"}]}).encode())
+        assert status == 200 and out["predictions"][0]["label"] in ("negative", "positive")
+        answers = {name: _post(url, body.encode()) for name, body in bad.items()}
+        answers["wrong content type"] = _post(url, b"text\nhi\n", "text/csv")
+        status, out = _post(url, json.dumps({"inputs": ["still alive?"]}).encode())
+        assert status == 200  # no bad request took the server down
+    for name, (status, out) in answers.items():
+        assert 400 <= status < 500, (name, status, out)
+        text = json.dumps(out)
+        assert out["message"] and "Traceback" not in text and "stack_trace" not in text, (name, out)
+        assert str(ROOT) not in text and "site-packages" not in text, (name, out)
+    assert answers["oversized"][0] == answers["too many texts"][0] == 413
+    assert "item 1 is null" in answers["null"][1]["message"]
+    assert "only input column is 'text'" in answers["wrong column"][1]["message"]

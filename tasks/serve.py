@@ -1,0 +1,179 @@
+"""Serve a registered model over HTTP, offline, refusing malformed requests cleanly.
+
+    python -m tasks.serve -m "models:/text-classifier@champion" --port 5001     # 127.0.0.1 by default
+    curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\
+         -d '{"inputs": ["what a great flight", "lost my bag again"]}'
+
+The same endpoints and answers as `mlflow models serve` (POST /invocations, GET /ping,
+/health, /version; MLflow's own scoring code does the prediction), with a check in front:
+MLflow's server casts numbers and nulls to strings before the model sees them, and its
+error bodies carry stack traces. Here a request must be JSON holding one list of strings,
+in any of MLflow's layouts (`inputs`, `instances`, `dataframe_records`, `dataframe_split`,
+with the column named `text`); anything else gets a 4xx whose message says what was wrong,
+with no traceback or path. The process never dies of a bad request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+from fastapi import Request  # module level: FastAPI resolves the handler's annotations here
+
+TEXT = "text"
+LAYOUTS = ("inputs", "instances", "dataframe_records", "dataframe_split")
+log = logging.getLogger("tasks.serve")
+
+
+class RequestError(ValueError):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def parse_texts(payload) -> list[str]:
+    """The texts of a request body, or a RequestError saying exactly what is wrong with it."""
+    if not isinstance(payload, dict):
+        raise RequestError(400, f"the body must be a JSON object with one of {list(LAYOUTS)}")
+    keys = [k for k in payload if k in LAYOUTS]
+    extra = sorted(set(payload) - set(LAYOUTS) - {"params"})
+    if len(keys) != 1 or extra:
+        raise RequestError(400, f"the body must hold exactly one of {list(LAYOUTS)}; got {sorted(payload)}")
+    layout, value = keys[0], payload[keys[0]]
+    if layout in ("inputs", "instances"):
+        if isinstance(value, dict):
+            value = _column(value, list(value))
+        elif not isinstance(value, list):
+            raise RequestError(400, f"'{layout}' must be a list of strings")
+        # instances may be records: [{"text": "..."}]
+        if value and all(isinstance(v, dict) for v in value):
+            value = _records(value)
+    elif layout == "dataframe_records":
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise RequestError(400, "'dataframe_records' must be a list of objects like {\"text\": \"...\"}")
+        value = _records(value)
+    else:
+        if not isinstance(value, dict) or not isinstance(value.get("columns"), list) or "data" not in value:
+            raise RequestError(400, "'dataframe_split' must be an object with 'columns' and 'data'")
+        columns = value["columns"]
+        if columns != [TEXT]:
+            raise RequestError(400, f"the only input column is '{TEXT}'; got columns {columns}")
+        rows = value["data"]
+        if not isinstance(rows, list) or not all(isinstance(r, list) and len(r) == 1 for r in rows):
+            raise RequestError(400, "'dataframe_split.data' must be a list of one-item rows")
+        value = [r[0] for r in rows]
+    return _strings(value)
+
+
+def _column(mapping: dict, keys: list) -> list:
+    if keys != [TEXT]:
+        raise RequestError(400, f"the only input column is '{TEXT}'; got {keys}")
+    return mapping[TEXT] if isinstance(mapping[TEXT], list) else [mapping[TEXT]]
+
+
+def _records(records: list[dict]) -> list:
+    bad = next((i for i, r in enumerate(records) if list(r) != [TEXT]), None)
+    if bad is not None:
+        raise RequestError(400, f"record {bad} has fields {list(records[bad])}; the only input column is '{TEXT}'")
+    return [r[TEXT] for r in records]
+
+
+def _strings(values: list) -> list[str]:
+    if not values:
+        raise RequestError(400, "no texts: send at least one string")
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            kind = "null" if v is None else type(v).__name__
+            raise RequestError(400, f"item {i} is {kind}: every text must be a string")
+    return values
+
+
+def _error(status: int, message: str, code: str = "BAD_REQUEST"):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error_code": code, "message": message}, status_code=status)
+
+
+def build_app(model, max_bytes: int, max_texts: int):
+    """A FastAPI app answering like MLflow's scoring server, behind strict request checks."""
+    import mlflow
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc.scoring_server import invocations
+
+    app = FastAPI(title="text classifier", docs_url=None, redoc_url=None, openapi_url=None)
+    schema = model.metadata.get_input_schema()
+
+    @app.get("/ping")
+    @app.get("/health")
+    async def ping():
+        return Response(content="\n", status_code=200, media_type="application/json")
+
+    @app.get("/version")
+    async def version():
+        return Response(content=mlflow.__version__, status_code=200, media_type="application/json")
+
+    @app.post("/invocations")
+    async def invoke(request: Request):
+        if (request.headers.get("content-type") or "").split(";")[0].strip() != "application/json":
+            return _error(415, "send the body as JSON with 'Content-Type: application/json'", "UNSUPPORTED_MEDIA_TYPE")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                return _error(413, f"the body exceeds {max_bytes:,} bytes: split the request", "PAYLOAD_TOO_LARGE")
+        try:
+            texts = parse_texts(json.loads(body))
+        except json.JSONDecodeError as err:
+            return _error(400, f"the body is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})")
+        except RequestError as err:
+            return _error(err.status, str(err))
+        if len(texts) > max_texts:
+            return _error(413, f"{len(texts):,} texts in one request; the limit is {max_texts:,}", "PAYLOAD_TOO_LARGE")
+        clean = json.dumps({"inputs": texts})
+        try:
+            result = await asyncio.to_thread(invocations, clean, "application/json", model, schema)
+        except MlflowException as err:
+            return _error(400, err.message.rsplit("Error: ", 1)[-1].strip())
+        except Exception:
+            log.exception("scoring failed")  # the trace stays in the server's log
+            return _error(500, "the model failed on this request; the server log has the details", "INTERNAL_ERROR")
+        return Response(content=result.response, status_code=result.status, media_type=result.mimetype)
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Serve a registered model on /invocations.")
+    ap.add_argument("-m", "--model-uri", required=True, help='e.g. "models:/text-classifier@champion"')
+    ap.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default) serves this machine only")
+    ap.add_argument("-p", "--port", type=int, default=5001)
+    ap.add_argument("--max-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    args = ap.parse_args(argv)
+
+    import mlflow
+    import uvicorn
+
+    from tasks.common import apply_env_defaults
+
+    apply_env_defaults()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        model = mlflow.pyfunc.load_model(args.model_uri)
+    except Exception as err:
+        message = " ".join((getattr(err, "message", None) or str(err)).split())[:500]
+        print(f"error: cannot load {args.model_uri}: {message}", file=sys.stderr)
+        return 1
+    max_texts = getattr(model.unwrap_python_model(), "max_texts", 1000)
+    app = build_app(model, args.max_bytes, max_texts)
+    print(f"serving {args.model_uri} on http://{args.host}:{args.port}/invocations", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
