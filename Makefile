@@ -12,7 +12,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup run repro test test-fast clean
+.PHONY: setup run repro test test-fast deploy promote clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ run: setup
 
 repro: setup
 	$(BIN)/dvc repro
+
+# Needs PREFECT_API_URL (a Prefect server) and the cpu/gpu work pools: see README "Run on a schedule".
+# GPU_WORKSPACE=/path/of/the/clone/on/the/gpu/machine  CRON="0 3 * * *"
+deploy: setup
+	$(BIN)/python -m flows.deploy --cpu-workspace . $(if $(GPU_WORKSPACE),--gpu-workspace $(GPU_WORKSPACE)) $(if $(CRON),--cron "$(CRON)")
+
+promote: setup
+	$(BIN)/python -m flows.promote
 
 test: setup
 	$(BIN)/python -m pytest

@@ -5,10 +5,19 @@
 Each task asks DVC to reproduce one stage, so a flow run and `dvc repro` are the same
 computation and both keep dvc.lock as the single record of what was built from what.
 The flow run is one MLflow parent run; every stage that runs logs a child run under it.
+
+With `training_deployment` set (scheduled runs; see flows/deploy.py) pretrain and finetune
+run elsewhere, as the `train` flow of that deployment, on the machine its work pool
+places it. The two sides exchange data and checkpoints only through the DVC remote: this
+side pushes, hands over its dvc.lock and params, the training side pulls its inputs, runs
+the stages, pushes their outputs and logs its dvc.lock to the shared MLflow parent run,
+and this side pulls the checkpoints and carries on. One workspace runs one pipeline at a
+time: a run waits for the workspace lock while another holds it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -20,13 +29,34 @@ apply_env_defaults()
 
 from prefect import flow, get_run_logger, task  # noqa: E402  (env must be set before import)
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
-from prefect.states import Failed  # noqa: E402
+from prefect.states import Failed, State  # noqa: E402
 
 from tasks.common import read_json  # noqa: E402
 from tasks.register import data_hash  # noqa: E402
 from tasks.tracking import PARENT_ENV, configure, flatten  # noqa: E402
 
 STAGES = ("ingest", "validate", "tokenize", "pretrain", "finetune", "evaluate", "register")
+TRAINING = ("pretrain", "finetune")
+LOCK_ARTIFACT = "training/dvc.lock"
+
+
+@contextlib.contextmanager
+def workspace_lock(root: Path, say=print):
+    """One pipeline at a time per workspace: DVC's own lock fails a second run outright."""
+    import fcntl
+
+    path = root / ".dvc" / "tmp" / "pipeline.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"another pipeline run holds this workspace ({root}); waiting for it to finish")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @task(task_run_name="{stage}")
@@ -55,7 +85,29 @@ def dvc_stage(stage: str, root: str, parent_run_id: str, force: bool = False):
     return {"stage": stage, "ran": bool(ran), "seconds": round(time.perf_counter() - start, 1)}
 
 
-@task(retries=2, retry_delay_seconds=5)
+@task(retries=2, retry_delay_seconds=10)
+def dvc_pull(root: str, targets: list[str], allow_missing: bool = False) -> int:
+    """Fetch recorded outputs from the DVC remote into this workspace (network: retried).
+    With `allow_missing`, outputs the remote lacks are skipped: their stages will re-run."""
+    from dvc.repo import Repo
+
+    if not targets:
+        return 0
+    # force: dvc.lock is the record; whatever an earlier run left in these paths is in the cache.
+    with Repo(root) as repo:
+        result = repo.pull(targets=targets, force=True, allow_missing=allow_missing)
+    return int(result["stats"].get("fetched", 0))
+
+
+def recorded_outs(lock_text: str, stages) -> list[str]:
+    """The outputs dvc.lock records for these stages (the ones that can be pulled)."""
+    import yaml
+
+    lock = yaml.safe_load(lock_text) or {}
+    return [o["path"] for s in stages for o in lock.get("stages", {}).get(s, {}).get("outs", [])]
+
+
+@task(retries=2, retry_delay_seconds=10)
 def dvc_push(root: str) -> int:
     """Copy every output in dvc.lock to the default DVC remote, so another clone can
     `dvc pull` exactly this run's data and checkpoints. Returns the files transferred."""
@@ -82,74 +134,222 @@ def publish_validation(root: Path) -> None:
     mlflow.set_tag("validation", "passed" if results["success"] else "failed")
 
 
-def summary_markdown(results: list[dict], metrics: dict, registered: dict, run_id: str) -> str:
-    rows = "\n".join(f"| {r['stage']} | {'ran' if r['ran'] else 'up to date'} | {r['seconds']} |" for r in results)
+def stage_timeout(stage: str) -> float | None:
+    """Seconds a stage may run before it is stopped (env PIPELINE_TIMEOUT_<STAGE>); none by default."""
+    value = os.environ.get(f"PIPELINE_TIMEOUT_{stage.upper()}")
+    return float(value) if value else None
+
+
+def run_stage(stage: str, root: Path, parent_run_id: str, force: bool, source: str):
+    """One stage as a task. A hub source is fetched over the network: ingest retries it. No
+    other stage retries: their failures (bad data, a bug) repeat identically."""
+    options = {"timeout_seconds": stage_timeout(stage)}
+    if stage == "ingest" and source.startswith("hf:"):
+        options |= {"retries": 2, "retry_delay_seconds": 30}
+    return dvc_stage.with_options(**options)(stage, str(root), parent_run_id, force, return_state=True)
+
+
+def pool_of_this_run() -> str:
+    """The work pool this flow run was placed on ("local" when run by hand)."""
+    from prefect.runtime import flow_run
+
+    with contextlib.suppress(Exception):
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            return client.read_flow_run(flow_run.id).work_pool_name or "local"
+    return "local"
+
+
+def train_remotely(deployment: str, root: Path, parent_run_id: str):
+    """Run pretrain and finetune as the `train` flow of `deployment` (another work pool),
+    exchanging everything through the DVC remote and the MLflow parent run. Returns the
+    stage results, or a Failed state."""
+    import mlflow
+    from prefect.deployments import run_deployment
+
+    from tasks.register import git_commit
+
+    dvc_push(str(root))  # the training side pulls the tokenized data from the remote
+    parameters = {
+        "lock": (root / "dvc.lock").read_text(),
+        "params": (root / "params.yaml").read_text(),
+        "parent_run_id": parent_run_id,
+        "commit": git_commit(),
+    }
+    child = run_deployment(deployment, parameters=parameters, timeout=stage_timeout("train"), poll_interval=5)
+    if not child.state or not child.state.is_completed():
+        name = child.state.name if child.state else "unknown"
+        why = child.state.message if child.state else ""
+        return Failed(message=f"training deployment '{deployment}' ended {name}: {why}")
+    lock = Path(mlflow.artifacts.download_artifacts(run_id=parent_run_id, artifact_path=LOCK_ARTIFACT))
+    (root / "dvc.lock").write_text(lock.read_text())
+    dvc_pull(str(root), recorded_outs(lock.read_text(), TRAINING))
+    return mlflow.artifacts.load_dict(f"runs:/{parent_run_id}/training/results.json")
+
+
+@flow(name="train")
+def train(lock: str, params: str, parent_run_id: str, commit: str = "", root: str = "."):
+    """pretrain and finetune for a pipeline run on another machine: take its dvc.lock and
+    params, pull the inputs from the DVC remote, run what is out of date, push the outputs,
+    and log the updated dvc.lock and the stage results to the pipeline's MLflow run."""
+    import mlflow
+
+    from tasks.register import git_commit
+
+    logger = get_run_logger()
+    root_path = Path(root).resolve()
+    os.chdir(root_path)
+    here = git_commit().removesuffix("-dirty")
+    if commit and here != "unknown" and here != commit.removesuffix("-dirty"):
+        return Failed(message=f"this workspace is at commit {here}, the pipeline at {commit}: update its code first")
+    with workspace_lock(root_path, say=logger.info):
+        (root_path / "params.yaml").write_text(params)
+        (root_path / "dvc.lock").write_text(lock)
+        dvc_pull(str(root_path), recorded_outs(lock, ("tokenize",)))
+        dvc_pull(str(root_path), recorded_outs(lock, TRAINING), allow_missing=True)  # earlier checkpoints, if any
+        configure(root_path)
+        pool = pool_of_this_run()
+        results = []
+        for stage in TRAINING:
+            state = run_stage(stage, root_path, parent_run_id, False, "")
+            if state.is_failed():
+                return Failed(message=state.message)
+            results.append({**state.result(), "pool": pool})
+            verb = "ran" if results[-1]["ran"] else "up to date"
+            logger.info("%s: %s in %.1f s on pool %s", stage, verb, results[-1]["seconds"], pool)
+        dvc_push(str(root_path))
+        # Through the client: start_run(run_id=...) would end the pipeline's run on exit.
+        client = mlflow.MlflowClient()
+        client.log_artifact(parent_run_id, str(root_path / "dvc.lock"), Path(LOCK_ARTIFACT).parent.as_posix())
+        client.log_dict(parent_run_id, results, "training/results.json")
+    return results
+
+
+def summary_markdown(results: list[dict], metrics: dict, registered: dict, run_id: str, champion) -> str:
+    import mlflow
+
+    rows = "\n".join(
+        f"| {r['stage']} | {r.get('pool', 'local')} | {'ran' if r['ran'] else 'up to date'} | {r['seconds']} |"
+        for r in results
+    )
     t, b = metrics["test"], metrics["baseline"]
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("http"):
+        link = f"{uri}/#/experiments/{mlflow.get_run(run_id).info.experiment_id}/runs/{run_id}"
+    else:
+        link = f"`{run_id}` in `{uri}`"
+    if champion:
+        champ = f"| champion (version {champion['version']}) | {champion['accuracy']} | {champion['macro_f1']} |\n"
+    else:
+        champ = "| champion | none yet | |\n"
     return (
-        "## Pipeline run\n\n| stage | status | seconds |\n|---|---|---|\n" + rows + "\n\n"
-        "| model | accuracy | macro-F1 |\n|---|---|---|\n"
-        f"| fine-tuned | {t['accuracy']:.4f} | {t['macro_f1']:.4f} |\n"
-        f"| TF-IDF baseline | {b['accuracy']:.4f} | {b['macro_f1']:.4f} |\n\n"
+        "## Pipeline run\n\n| stage | work pool | status | seconds |\n|---|---|---|---|\n" + rows + "\n\n"
+        "| model | test accuracy | test macro-F1 |\n|---|---|---|\n"
+        f"| this run | {t['accuracy']:.4f} | {t['macro_f1']:.4f} |\n"
+        + champ
+        + f"| TF-IDF baseline | {b['accuracy']:.4f} | {b['macro_f1']:.4f} |\n\n"
         f"Registered `{registered['name']}` version {registered['version']} as `@{registered['alias']}`; "
-        f"MLflow parent run `{run_id}`.\n"
+        "promote it with `python -m flows.promote`.\n\n"
+        f"MLflow parent run: {link}. Data validation report: `reports/validation/index.html` (also the "
+        "run's artifact `validation/index.html`).\n"
     )
 
 
+def champion_scores(name: str) -> dict | None:
+    """The champion's test metrics as registered (measured on its own test split)."""
+    import mlflow
+
+    from tasks.registry import CHAMPION
+
+    try:
+        v = mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return {
+        "version": v.version,
+        "accuracy": v.tags.get("test_accuracy", "?"),
+        "macro_f1": v.tags.get("test_macro_f1", "?"),
+    }
+
+
 @flow(name="text-classifier-pipeline")
-def pipeline(root: str = ".", refresh_source: bool = False):
+def pipeline(
+    root: str = ".", refresh_source: bool = False, profile: str | None = None, training_deployment: str | None = None
+):
     """Run every stage that is out of date.
 
     DVC cannot see inside the source (a bundled file, a folder, a hub dataset), so with
     `refresh_source` ingest always re-reads it; its output is deterministic, so when the
     source has not changed nothing downstream re-runs. Scheduled runs should set it.
+    `profile` first switches params.yaml to profiles/<profile>.yaml (the dataset).
+    `training_deployment` (e.g. "train/gpu") runs pretrain and finetune through it.
     """
     import mlflow
 
+    from tasks.common import StageError
     from tasks.config import ParamsError, load_params
+    from tasks.profile import apply_profile
 
     logger = get_run_logger()
     root_path = Path(root).resolve()
     if not (root_path / "dvc.yaml").exists():
         return Failed(message=f"{root_path} has no dvc.yaml: run the flow from the project root")
     os.chdir(root_path)  # DVC resolves stage names against the working folder
-    try:
-        params = load_params(root_path / "params.yaml")
-    except ParamsError as err:
-        return Failed(message=str(err))
-    configure(root_path)
-    with mlflow.start_run(run_name="pipeline") as parent:
-        mlflow.log_params(flatten(params.model_dump(by_alias=True)))
-        results = []
-        for stage in STAGES:
-            force = refresh_source and stage == "ingest"
-            state = dvc_stage(stage, str(root_path), parent.info.run_id, force, return_state=True)
-            if stage == "validate":
-                publish_validation(root_path)
-            if state.is_failed():
-                mlflow.set_tag("failed_stage", stage)
-                mlflow.end_run(status="FAILED")
-                return Failed(message=state.message)
-            result = state.result()
-            logger.info("%s: %s in %.1f s", stage, "ran" if result["ran"] else "up to date", result["seconds"])
-            results.append(result)
-        pushed = dvc_push(str(root_path))
-        logger.info("pushed %d file(s) to the DVC remote", pushed)
-        mlflow.set_tags({"data_hash": data_hash(root_path / "dvc.lock"), "data_restore": "dvc pull data/validated"})
-        metrics = read_json(root_path / "reports/metrics.json")
-        registered = read_json(root_path / "reports/registered.json")
-        mlflow.log_metrics({k: v for k, v in flatten(metrics).items() if isinstance(v, (int, float))})
-        mlflow.log_artifact(str(root_path / "reports/metrics.json"))
-        mlflow.log_artifacts(str(root_path / "reports/evaluation"), "evaluation")
-        mlflow.set_tags(
-            {
-                "stages_ran": ",".join(r["stage"] for r in results if r["ran"]) or "none",
-                "registered_version": registered["version"],
-            }
-        )
-        create_markdown_artifact(
-            summary_markdown(results, metrics, registered, parent.info.run_id), key="pipeline-summary"
-        )
-    init = read_json(root_path / "checkpoints/finetuned/checkpoint.json")["init"]
+    with workspace_lock(root_path, say=logger.info):
+        try:
+            if profile:
+                apply_profile(profile, root_path / "params.yaml", root_path / "profiles")
+            params = load_params(root_path / "params.yaml")
+        except (ParamsError, StageError) as err:
+            return Failed(message=str(err))
+        configure(root_path)
+        pool = pool_of_this_run()
+        with mlflow.start_run(run_name="pipeline") as parent:
+            mlflow.log_params(flatten(params.model_dump(by_alias=True)))
+            mlflow.set_tag("work_pool", pool)
+            results = []
+            for stage in STAGES:
+                if training_deployment and stage in TRAINING:
+                    if stage == TRAINING[0]:
+                        remote = train_remotely(training_deployment, root_path, parent.info.run_id)
+                        if isinstance(remote, State):
+                            mlflow.set_tag("failed_stage", "train")
+                            mlflow.end_run(status="FAILED")
+                            return remote
+                        results += remote
+                    continue
+                force = refresh_source and stage == "ingest"
+                state = run_stage(stage, root_path, parent.info.run_id, force, params.ingest.source)
+                if stage == "validate":
+                    publish_validation(root_path)
+                if state.is_failed():
+                    mlflow.set_tag("failed_stage", stage)
+                    mlflow.end_run(status="FAILED")
+                    return Failed(message=state.message)
+                result = {**state.result(), "pool": pool}
+                logger.info("%s: %s in %.1f s", stage, "ran" if result["ran"] else "up to date", result["seconds"])
+                results.append(result)
+            pushed = dvc_push(str(root_path))
+            logger.info("pushed %d file(s) to the DVC remote", pushed)
+            mlflow.set_tags({"data_hash": data_hash(root_path / "dvc.lock"), "data_restore": "dvc pull data/validated"})
+            metrics = read_json(root_path / "reports/metrics.json")
+            registered = read_json(root_path / "reports/registered.json")
+            mlflow.log_metrics({k: v for k, v in flatten(metrics).items() if isinstance(v, (int, float))})
+            mlflow.log_artifact(str(root_path / "reports/metrics.json"))
+            mlflow.log_artifacts(str(root_path / "reports/evaluation"), "evaluation")
+            mlflow.log_dict(results, "stages.json")
+            mlflow.set_tags(
+                {
+                    "stages_ran": ",".join(r["stage"] for r in results if r["ran"]) or "none",
+                    "registered_version": registered["version"],
+                }
+            )
+            champion = champion_scores(params.register_.model_name)
+            create_markdown_artifact(
+                summary_markdown(results, metrics, registered, parent.info.run_id, champion), key="pipeline-summary"
+            )
+        init = read_json(root_path / "checkpoints/finetuned/checkpoint.json")["init"]
     return {
         "results": results,
         "metrics": metrics,

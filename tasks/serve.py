@@ -53,7 +53,7 @@ def parse_texts(payload) -> list[str]:
             value = _records(value)
     elif layout == "dataframe_records":
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise RequestError(400, "'dataframe_records' must be a list of objects like {\"text\": \"...\"}")
+            raise RequestError(400, '\'dataframe_records\' must be a list of objects like {"text": "..."}')
         value = _records(value)
     else:
         if not isinstance(value, dict) or not isinstance(value.get("columns"), list) or "data" not in value:

@@ -1,0 +1,123 @@
+"""Deployments as code: the scheduled pipeline, its training deployment, and promotion.
+
+    prefect server start --host 127.0.0.1 --port 4200            # or a team server / Prefect Cloud
+    export PREFECT_API_URL=http://127.0.0.1:4200/api
+    prefect work-pool create cpu --type process
+    prefect work-pool create gpu --type process
+    python -m flows.deploy --gpu-workspace /srv/gpu-box/text-classifier --cron "0 3 * * *"
+    prefect worker start --pool cpu                               # on the data machine
+    prefect worker start --pool gpu                               # on the GPU machine
+    prefect deployment run text-classifier-pipeline/scheduled     # or wait for the schedule
+
+| deployment | work pool | runs |
+| --- | --- | --- |
+| `text-classifier-pipeline/scheduled` | `cpu` | ingest, validate, tokenize, evaluate, register; calls `train/gpu` |
+| `train/gpu` | `gpu` | pretrain, finetune (in the GPU machine's clone of the repo) |
+| `promote/on-demand` | `cpu` | the promotion flow |
+
+Each deployment's code and DVC workspace is a folder on the machine its pool's worker runs
+on (`--cpu-workspace`, `--gpu-workspace`: clones of this repository at the same commit,
+sharing a DVC remote). Which GPU the training uses is configuration: `--gpu-env
+CUDA_VISIBLE_DEVICES=1` becomes a job variable of `train/gpu`, not code.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tasks.common import apply_env_defaults
+
+apply_env_defaults()
+
+PIPELINE = "text-classifier-pipeline/scheduled"
+TRAIN = "train/gpu"
+PROMOTE = "promote/on-demand"
+TAGS = ["text-classifier"]
+
+
+def deploy(
+    cpu_workspace: Path,
+    gpu_workspace: Path,
+    cron: str | None,
+    profile: str | None = None,
+    gpu_env: dict[str, str] | None = None,
+    cpu_pool: str = "cpu",
+    gpu_pool: str = "gpu",
+) -> dict[str, str]:
+    """Register (or update) the three deployments; returns their names and ids."""
+    from prefect import flow
+
+    ids = {}
+    training = flow.from_source(source=str(gpu_workspace), entrypoint="flows/pipeline.py:train")
+    ids[TRAIN] = training.deploy(
+        name=TRAIN.split("/")[1],
+        work_pool_name=gpu_pool,
+        job_variables={"env": {"PYTHONPATH": str(gpu_workspace), **(gpu_env or {})}},
+        parameters={"root": str(gpu_workspace)},
+        tags=[*TAGS, "training"],
+        concurrency_limit=1,  # one training per GPU workspace
+        print_next_steps=False,
+    )
+    pipeline = flow.from_source(source=str(cpu_workspace), entrypoint="flows/pipeline.py:pipeline")
+    ids[PIPELINE] = pipeline.deploy(
+        name=PIPELINE.split("/")[1],
+        work_pool_name=cpu_pool,
+        job_variables={"env": {"PYTHONPATH": str(cpu_workspace)}},
+        cron=cron,
+        # A run that fires while the last one still runs waits for it: they share a workspace.
+        concurrency_limit=1,
+        parameters={
+            "root": str(cpu_workspace),
+            "refresh_source": True,
+            "profile": profile,
+            "training_deployment": TRAIN,
+        },
+        tags=[*TAGS, "pipeline"],
+        print_next_steps=False,
+    )
+    promotion = flow.from_source(source=str(cpu_workspace), entrypoint="flows/promote.py:promote")
+    ids[PROMOTE] = promotion.deploy(
+        name=PROMOTE.split("/")[1],
+        work_pool_name=cpu_pool,
+        job_variables={"env": {"PYTHONPATH": str(cpu_workspace)}},
+        parameters={"root": str(cpu_workspace)},
+        concurrency_limit=1,
+        tags=[*TAGS, "promotion"],
+        print_next_steps=False,
+    )
+    return {name: str(i) for name, i in ids.items()}
+
+
+def _env_pairs(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --gpu-env takes KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Register the pipeline, training and promotion deployments.")
+    ap.add_argument("--cpu-workspace", type=Path, default=Path("."), help="repo clone the cpu pool's worker uses")
+    ap.add_argument("--gpu-workspace", type=Path, default=None, help="repo clone on the GPU machine (default: same)")
+    ap.add_argument("--cron", default="0 3 * * *", help='pipeline schedule (default "0 3 * * *"; "" for none)')
+    ap.add_argument("--profile", default=None, help="params profile the scheduled runs use (profiles/<name>.yaml)")
+    ap.add_argument(
+        "--gpu-env", action="append", default=[], help="KEY=VALUE for training runs, e.g. CUDA_VISIBLE_DEVICES=0"
+    )
+    ap.add_argument("--cpu-pool", default="cpu")
+    ap.add_argument("--gpu-pool", default="gpu")
+    args = ap.parse_args(argv)
+    cpu = args.cpu_workspace.resolve()
+    gpu = (args.gpu_workspace or cpu).resolve()
+    ids = deploy(cpu, gpu, args.cron or None, args.profile, _env_pairs(args.gpu_env), args.cpu_pool, args.gpu_pool)
+    for name, deployment_id in ids.items():
+        print(f"deployed {name} ({deployment_id})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
