@@ -97,6 +97,9 @@ class TokenizeParams(_Section):
     lowercase: bool = True
     collapse_urls: bool = True
     max_length: int = Field(default=128, ge=8)
+    # Unlabelled text files (one document per line) added to the pretraining text only; the
+    # tokenizer is still trained on the training split. `${DATA_ROOT}` expands as in ingest.
+    extra_text: list[str] = Field(default_factory=list)
 
 
 Arch = Literal["transformer", "rnn", "lstm", "gru"]

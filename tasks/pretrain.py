@@ -112,7 +112,7 @@ def fingerprint(params: Params, data_dir: Path = DATA_DIR) -> str:
         "model": params.model.model_dump(),
         "pretrain": params.pretrain.model_dump(exclude=ENGINE_KNOBS | {"log_every", "checkpoint_every"}),
     }
-    return run_fingerprint(knobs, data_dir / "train")
+    return run_fingerprint(knobs, *(d for d in (data_dir / "train", data_dir / "extra") if d.exists()))
 
 
 def resumable_run_id(params: Params, resume_dir: Path = RESUME_DIR, data_dir: Path = DATA_DIR) -> str | None:
@@ -141,7 +141,10 @@ def pretrain(
     device = engine.device
     vocab_size = read_json(data_dir / "stats.json")["vocab_size"]
     width = p.block_size + (p.objective == "causal")  # causal rows carry one extra token: the last target
-    blocks = pack(datasets.load_from_disk(str(data_dir / "train"))["input_ids"], width)
+    texts = datasets.load_from_disk(str(data_dir / "train"))["input_ids"]
+    if (data_dir / "extra").exists():  # tokenize.extra_text: unlabelled text for pretraining only
+        texts = list(texts) + list(datasets.load_from_disk(str(data_dir / "extra"))["input_ids"])
+    blocks = pack(texts, width)
     val_blocks = pack(datasets.load_from_disk(str(data_dir / "validation"))["input_ids"], width)
     config = lm_config(params, vocab_size)
     model = build_language_model(config).to(device)

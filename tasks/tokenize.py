@@ -1,6 +1,9 @@
 """tokenize: train a subword tokenizer on the training split only, encode every split.
 
 python -m tasks.tokenize          # reads data/validated/, writes checkpoints/tokenizer/ and data/tokenized/
+
+With `tokenize.extra_text`, unlabelled text files are encoded too (`data/tokenized/extra`),
+untruncated, for pretraining only: they never reach fine-tuning or evaluation.
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from tasks.common import atomic_dir, run_stage, write_json_atomic
+from tasks.common import StageError, atomic_dir, run_stage, write_json_atomic
 from tasks.config import TokenizeParams, load_params
-from tasks.ingest import SPLITS
+from tasks.ingest import SPLITS, expand_path
 
 IN_DIR = Path("data/validated")
 OUT_DIR = Path("data/tokenized")
@@ -69,6 +72,30 @@ def encode(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
     return [e.ids for e in tok.encode_batch(texts)]
 
 
+def clean_extra_line(line: str) -> str | None:
+    """One document of an extra corpus, or None for a blank line or a heading. Undoes
+    WikiText's conventions: " @-@ " for a hyphen inside a word, " @,@ " / " @.@ " inside
+    numbers, "<unk>" for rare words, " = Title = " headings."""
+    import re
+
+    text = line.strip()
+    if not text or (text.startswith("=") and text.endswith("=")):
+        return None
+    text = re.sub(r" @(.)@ ", r"\1", text).replace("<unk>", "").replace("  ", " ").strip()
+    return text or None
+
+
+def read_extra_text(paths: list[str]) -> list[str]:
+    docs = []
+    for raw in paths:
+        path = expand_path(raw)
+        if not path.is_file():
+            raise StageError(f"tokenize.extra_text: {path} is not a file (set DATA_ROOT if it uses ${{DATA_ROOT}})")
+        with open(path, encoding="utf-8") as f:
+            docs += [d for d in map(clean_extra_line, f) if d]
+    return docs
+
+
 def tokenize(
     cfg: TokenizeParams,
     labels: list[str],
@@ -90,6 +117,13 @@ def tokenize(
             lengths = [len(x) for x in ids]
             stats[f"{s}_tokens"] = sum(lengths)
             stats[f"{s}_truncated"] = sum(n >= cfg.max_length for n in lengths)
+        if cfg.extra_text:
+            docs = read_extra_text(cfg.extra_text)
+            whole = Tokenizer.from_str(tok.to_str())  # documents are packed for pretraining: never cut
+            whole.no_truncation()
+            ids = encode(whole, docs)
+            datasets.Dataset.from_dict({"input_ids": ids}).save_to_disk(str(tmp / "extra"))
+            stats |= {"extra_documents": len(docs), "extra_tokens": sum(len(x) for x in ids)}
         write_json_atomic(tmp / "stats.json", stats)
     with atomic_dir(tokenizer_dir) as tmp:
         tok.save(str(tmp / "tokenizer.json"))
@@ -106,7 +140,8 @@ def main() -> None:
 
         stats = tokenize(params.tokenize, params.ingest.labels)
         mlflow.log_metrics(stats)
-    print(f"tokenize: vocabulary {stats['vocab_size']}, {stats['train_tokens']} training tokens")
+    extra = f", {stats['extra_tokens']} extra pretraining tokens" if "extra_tokens" in stats else ""
+    print(f"tokenize: vocabulary {stats['vocab_size']}, {stats['train_tokens']} training tokens{extra}")
 
 
 if __name__ == "__main__":

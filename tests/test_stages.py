@@ -234,3 +234,34 @@ def test_killed_finetuning_resumes_to_the_same_weights_and_run(tokenized):
     client = mlflow.MlflowClient()
     steps = [m.step for m in client.get_metric_history(run_id, "val_macro_f1")]
     assert steps == list(range(1, 61))
+
+
+def test_extra_text_is_tokenized_for_pretraining_only(workdir):
+    import datasets
+    import yaml
+
+    from tasks.tokenize import clean_extra_line
+
+    assert clean_extra_line(" = Homarus gammarus = \n") is None and clean_extra_line(" \n") is None
+    assert clean_extra_line(" a 1 @,@ 000 km long @-@ range <unk> flight \n") == "a 1,000 km long-range flight"
+    Path("extra.txt").write_text(" = Heading = \n \n" + " the crew was friendly and the flight was great \n" * 40)
+    Path("params.yaml").write_text(yaml.safe_dump(tiny_params(tokenize={"extra_text": ["extra.txt"]})))
+    params = load_params()
+    ingest(params.ingest, params.seed)
+    validate(params)
+    before = tokenize(params.tokenize.model_copy(update={"extra_text": []}), params.ingest.labels)
+    stats = tokenize(params.tokenize, params.ingest.labels)
+    assert stats["extra_documents"] == 40 and stats["extra_tokens"] > 40 * 10
+    assert stats["train_tokens"] == before["train_tokens"] and stats["vocab_size"] == before["vocab_size"]
+    extra = datasets.load_from_disk("data/tokenized/extra")
+    assert extra.column_names == ["input_ids"]
+    long = tiny_params(tokenize={"extra_text": ["extra.txt"], "max_length": 8})
+    Path("params.yaml").write_text(yaml.safe_dump(long))
+    stats = tokenize(load_params().tokenize, params.ingest.labels)
+    assert stats["extra_tokens"] / stats["extra_documents"] > 8  # pretraining text is never truncated
+    Path("params.yaml").write_text(yaml.safe_dump(tiny_params(tokenize={"extra_text": ["extra.txt"]})))
+    tokenize(load_params().tokenize, params.ingest.labels)
+    with_extra = pretrain(load_params(), out_dir=Path("with-extra"))
+    assert with_extra["tokens_seen"] == 6 * 4 * 16  # same steps; the packed stream is longer
+    with pytest.raises(Exception, match="not a file"):
+        tokenize(params.tokenize.model_copy(update={"extra_text": ["missing.txt"]}), params.ingest.labels)
