@@ -4,6 +4,7 @@ clone of the project standing in for the GPU machine."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -82,7 +83,6 @@ def _flow_runs(env: dict) -> list[dict]:
         "    print(json.dumps([{'flow': flows[r.flow_id], 'pool': r.work_pool_name, 'state': r.state_name,\n"
         "                       'deployment': str(r.deployment_id)} for r in runs]))\n"
     )
-    import json
 
     return json.loads(_run([sys.executable, "-c", code], Path.cwd(), env).stdout)
 
@@ -170,12 +170,19 @@ def test_scheduled_pipeline_runs_data_work_on_cpu_and_training_on_gpu(tmp_path, 
     assert by_flow["text-classifier-pipeline"]["pool"] == "cpu" and by_flow["train"]["pool"] == "gpu"
     assert all(r["state"] == "Completed" for r in done), done
 
-    mlflow.set_tracking_uri(tracking)
-    client = mlflow.MlflowClient()
+    # Explicit URIs only: a global set_tracking_uri would outlive this test's servers.
+    client = mlflow.MlflowClient(tracking_uri=tracking)
+
+    def stages_of(run) -> list[dict]:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="stages.json", tracking_uri=tracking
+        )
+        return json.loads(Path(path).read_text())
+
     [parent] = client.search_runs(
         [e.experiment_id for e in client.search_experiments()], "tags.mlflow.runName = 'pipeline'"
     )
-    stages = {r["stage"]: r for r in mlflow.artifacts.load_dict(f"{parent.info.artifact_uri}/stages.json")}
+    stages = {r["stage"]: r for r in stages_of(parent)}
     assert {s: stages[s]["pool"] for s in stages} == {
         "ingest": "cpu", "validate": "cpu", "tokenize": "cpu", "pretrain": "gpu", "finetune": "gpu",
         "evaluate": "cpu", "register": "cpu",
@@ -197,7 +204,7 @@ def test_scheduled_pipeline_runs_data_work_on_cpu_and_training_on_gpu(tmp_path, 
     [second, _] = client.search_runs(
         [parent.info.experiment_id], "tags.mlflow.runName = 'pipeline'", order_by=["attributes.start_time DESC"]
     )
-    again = mlflow.artifacts.load_dict(f"{second.info.artifact_uri}/stages.json")
+    again = stages_of(second)
     assert [r["stage"] for r in again if r["ran"]] == ["ingest"], again
     assert {r["stage"]: r["pool"] for r in again}["pretrain"] == "gpu"
     assert client.get_registered_model("text-classifier").latest_versions[0].version == "1"
