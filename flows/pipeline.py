@@ -31,7 +31,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402  (env must be set b
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.states import Failed, State  # noqa: E402
 
-from tasks.common import read_json  # noqa: E402
+from tasks.common import file_lock, read_json  # noqa: E402
 from tasks.register import data_hash  # noqa: E402
 from tasks.tracking import PARENT_ENV, configure, flatten  # noqa: E402
 
@@ -40,23 +40,10 @@ TRAINING = ("pretrain", "finetune")
 LOCK_ARTIFACT = "training/dvc.lock"
 
 
-@contextlib.contextmanager
 def workspace_lock(root: Path, say=print):
     """One pipeline at a time per workspace: DVC's own lock fails a second run outright."""
-    import fcntl
-
-    path = root / ".dvc" / "tmp" / "pipeline.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say(f"another pipeline run holds this workspace ({root}); waiting for it to finish")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    waiting = f"another pipeline run holds this workspace ({root}); waiting for it to finish"
+    return file_lock(root / ".dvc" / "tmp" / "pipeline.lock", waiting, say=say)
 
 
 @task(task_run_name="{stage}")

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import getpass
 import json
 import os
 import socket
 import sys
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+
+from tasks.common import file_lock
 
 CHAMPION = "champion"
 LOG_PREFIX = "alias_log."
@@ -78,28 +77,11 @@ def lock_path() -> Path:
     return Path.home() / ".cache" / "text-classifier" / "promotion.lock"
 
 
-@contextlib.contextmanager
-def registry_lock(timeout_s: float = 300, say=print) -> Iterator[None]:
+def registry_lock(timeout_s: float = 300, say=print):
     path = lock_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say(f"waiting for the registry lock ({path}): another promotion is moving an alias")
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"the registry lock {path} was held for over {timeout_s:.0f} s") from None
-                    time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return file_lock(
+        path, f"waiting for the registry lock ({path}): another promotion is moving an alias", timeout_s, say
+    )
 
 
 def move_alias(

