@@ -56,6 +56,7 @@ class IngestParams(_Section):
     clean_text: bool = True
     dedupe: bool = True
     limit_rows: int | None = Field(default=None, gt=0)
+    split_seed: int | None = None  # seed of the subsample and carved splits; None: the global seed
     val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
 

@@ -260,6 +260,12 @@ def make_splits(df: pd.DataFrame, cfg: IngestParams, seed: int) -> dict[str, pd.
     return {name: splits[name] for name in SPLITS}
 
 
+def split_seed(params) -> int:
+    """The seed that draws the splits: fixed by `ingest.split_seed` when several training
+    seeds must share one split (seed studies), else the global seed."""
+    return params.ingest.split_seed if params.ingest.split_seed is not None else params.seed
+
+
 def ingest(cfg: IngestParams, seed: int, out_dir: Path = OUT_DIR) -> dict:
     frames = read_source(cfg)
     empty = [name for name, frame in frames.items() if frame.empty]
@@ -295,7 +301,7 @@ def main() -> None:
     with stage_run("ingest", {"ingest": params.ingest.model_dump()}):
         import mlflow
 
-        stats = ingest(params.ingest, params.seed)
+        stats = ingest(params.ingest, split_seed(params))
         mlflow.log_metrics({f"rows_{k}": v for k, v in stats["split_rows"].items()})
         mlflow.log_dict(stats, "ingest_stats.json")
     print(f"ingest: {stats['rows_read']} rows read, {stats['rows_kept']} kept -> {stats['split_rows']}")

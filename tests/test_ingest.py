@@ -153,3 +153,15 @@ def test_unreadable_files_are_clear_errors(workdir):
     (workdir / "blob.csv").write_bytes(b"\x00\xff\xfe" * 5000)
     with pytest.raises(StageError, match=r"blob.csv"):
         read_source(_params(source="blob.csv").ingest)
+
+
+def test_split_seed_fixes_the_split_while_the_global_seed_varies():
+    from tasks.config import parse_params
+    from tasks.ingest import split_seed
+
+    from .conftest import tiny_params
+
+    assert split_seed(parse_params(tiny_params())) == parse_params(tiny_params()).seed
+    fixed = {"split_seed": 7}
+    seeds = {split_seed(parse_params({**tiny_params(ingest=fixed), "seed": s})) for s in (1, 2, 3)}
+    assert seeds == {7}
