@@ -127,7 +127,7 @@ def stage_timeout(stage: str) -> float | None:
     return float(value) if value else None
 
 
-def run_stage(stage: str, root: Path, parent_run_id: str, force: bool, source: str):
+def stage_task(stage: str, root: Path, parent_run_id: str, force: bool, source: str):
     """One stage as a task. A hub source is fetched over the network: ingest retries it. No
     other stage retries: their failures (bad data, a bug) repeat identically."""
     options = {"timeout_seconds": stage_timeout(stage)}
@@ -199,7 +199,7 @@ def train(lock: str, params: str, parent_run_id: str, commit: str = "", root: st
         pool = pool_of_this_run()
         results = []
         for stage in TRAINING:
-            state = run_stage(stage, root_path, parent_run_id, False, "")
+            state = stage_task(stage, root_path, parent_run_id, False, "")
             if state.is_failed():
                 return Failed(message=state.message)
             results.append({**state.result(), "pool": pool})
@@ -307,7 +307,7 @@ def pipeline(
                         results += remote
                     continue
                 force = refresh_source and stage == "ingest"
-                state = run_stage(stage, root_path, parent.info.run_id, force, params.ingest.source)
+                state = stage_task(stage, root_path, parent.info.run_id, force, params.ingest.source)
                 if stage == "validate":
                     publish_validation(root_path)
                 if state.is_failed():
