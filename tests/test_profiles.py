@@ -33,6 +33,21 @@ def test_switching_back_to_the_default_profile_restores_params_yaml(workdir):
     assert (workdir / "params.yaml").read_text() == (ROOT / "params.yaml").read_text()
 
 
+@pytest.mark.parametrize("name", PROFILES)
+def test_each_profile_keeps_every_key_of_the_default_ingest_section(workdir, name):
+    # `dvc exp run -S ingest.split_seed=...` (the experiment matrix) can only override a key
+    # that params.yaml holds, and a profile replaces the ingest section whole.
+    import yaml
+
+    _copy_project(workdir)
+    default = set(yaml.safe_load((ROOT / "params.yaml").read_text())["ingest"])
+    apply_profile(name)
+    switched = set(yaml.safe_load((workdir / "params.yaml").read_text())["ingest"])
+    # A split layout (files per split) may replace the keys that describe one file.
+    layout = {"source", "text_column", "label_column", "encoding", "val_fraction", "test_fraction"}
+    assert default - layout <= switched, f"profile {name} drops {sorted(default - layout - switched)}"
+
+
 def test_unknown_profile_lists_the_available_ones(workdir):
     _copy_project(workdir)
     with pytest.raises(Exception, match="available: .*sst2"):
