@@ -99,7 +99,7 @@ class TokenizeParams(_Section):
     collapse_urls: bool = True
     max_length: int = Field(default=128, ge=8)
     # Unlabelled text files (one document per line) added to the pretraining text only; the
-    # tokenizer is still trained on the training split. `${DATA_ROOT}` expands as in ingest.
+    # tokenizer is still trained on the training split. `$DATA_ROOT` expands as in ingest.
     extra_text: list[str] = Field(default_factory=list)
 
 
@@ -235,7 +235,22 @@ def _format_error(path: Path, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _refuse_braced_variables(node, where: str, path: Path) -> None:
+    # `dvc exp run -S` composes params.yaml with OmegaConf, which resolves `${...}` itself and
+    # fails on an environment variable; `$NAME` means the same to us and nothing to it.
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _refuse_braced_variables(value, f"{where}.{key}" if where else str(key), path)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _refuse_braced_variables(value, f"{where}[{i}]", path)
+    elif isinstance(node, str) and "${" in node:
+        name = node.split("${", 1)[1].split("}", 1)[0]
+        raise ParamsError(f"{path}: {where}: write ${name} instead of ${{{name}}} (dvc exp run -S cannot resolve braces)")
+
+
 def parse_params(raw: dict, path: Path = PARAMS_FILE) -> Params:
+    _refuse_braced_variables(raw, "", path)
     try:
         return Params.model_validate(raw)
     except ValidationError as err:

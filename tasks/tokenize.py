@@ -90,7 +90,7 @@ def read_extra_text(paths: list[str]) -> list[str]:
     for raw in paths:
         path = expand_path(raw)
         if not path.is_file():
-            raise StageError(f"tokenize.extra_text: {path} is not a file (set DATA_ROOT if it uses ${{DATA_ROOT}})")
+            raise StageError(f"tokenize.extra_text: {path} is not a file (set DATA_ROOT if it uses $DATA_ROOT)")
         with open(path, encoding="utf-8") as f:
             docs += [d for d in map(clean_extra_line, f) if d]
     return docs
