@@ -246,7 +246,9 @@ def _refuse_braced_variables(node, where: str, path: Path) -> None:
             _refuse_braced_variables(value, f"{where}[{i}]", path)
     elif isinstance(node, str) and "${" in node:
         name = node.split("${", 1)[1].split("}", 1)[0]
-        raise ParamsError(f"{path}: {where}: write ${name} instead of ${{{name}}} (dvc exp run -S cannot resolve braces)")
+        raise ParamsError(
+            f"{path}: {where}: write ${name} instead of ${{{name}}} (dvc exp run -S cannot resolve braces)"
+        )
 
 
 def parse_params(raw: dict, path: Path = PARAMS_FILE) -> Params:
