@@ -31,6 +31,13 @@ def test_summary_report_and_plots(tmp_path):
     text = experiments.report(runs)
     assert "| Transformer, MLM-pretrained | 3 | 0.8400 ± 0.0200 |" in text
     assert "| Transformer, MLM-pretrained + wikitext | 1 |" in text and "| TF-IDF + LR | 3 | 0.8000" in text
+    assert "| sst2 | Transformer, MLM-pretrained | +6.00 | 2.00 | yes | +4.00 | 2.00 | yes |" in text
+    assert "| sst2 | Transformer, MLM-pretrained + wikitext | +12.00 | 0.00 | yes |" in text
+    assert "best is Transformer, MLM-pretrained + wikitext on `sst2` at 0.9000; target met" in text
+    runs[-1]["test_accuracy"] = 0.8  # now the best pretrained cell misses 85% by one point
+    assert "at 0.8400; target **missed by 1.00 points**" in experiments.report(runs, notes="tried: X")
+    tie = "| sst2 | Transformer, MLM-pretrained + wikitext | +2.00 | 0.00 | yes | +0.00 | 0.00 | **no** |"
+    assert tie in experiments.report(runs)  # a tie with TF-IDF is not a win
     paths = experiments.plot(summary, tmp_path)
     assert [p.name for p in paths] == ["accuracy.png", "validation_sst2.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
