@@ -163,6 +163,10 @@ def summarise(runs: list[dict]) -> dict:
             "pretrain_tokens": statistics.fmean(r["pretrain_tokens"] or 0 for r in rs),
             "finetune_tokens": statistics.fmean(r["finetune_tokens"] for r in rs),
             "curves": [r["val_curve"] for r in rs if "val_curve" in r and r["model"] != "tfidf"],
+            # the pretraining objective's loss on the validation text (MLM or next-token)
+            "lm_val_loss": statistics.fmean(losses)
+            if (losses := [r["pretrain_val_loss"] for r in rs if r.get("pretrain_val_loss")])
+            else None,
             "seeds": sorted(by_seed),
         }
     return out
@@ -264,19 +268,25 @@ def report(runs: list[dict], notes: str = "") -> str:
         "them (2 CPU cores unless the run records say otherwise). A dataset or model missing below",
         "has not been run yet; every seed of a dataset shares one split (`ingest.split_seed`).",
         "",
+        "Each model is params.yaml (its dataset profile applied) with these overrides; the seed",
+        "varies, the split does not:",
+        "",
+        *[f"- {LABELS[m]}: `" + " ".join(f"{k}={v}" for k, v in sets.items()) + "`" for m, sets in MODELS.items()],
+        "",
         "![test accuracy](results/accuracy.png)",
         "",
     ]
     for p in sorted({k[0] for k in summary}):
-        lines += [f"## {p}", "", "| model | seeds | test accuracy | test macro-F1 | pretrain s | fine-tune s | pretrain tokens | fine-tune tokens |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"## {p}", "", "| model | seeds | test accuracy | test macro-F1 | pretrain s | fine-tune s | pretrain tokens | fine-tune tokens | LM val loss |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for (_, m, extra), c in sorted(
             ((k, v) for k, v in summary.items() if k[0] == p), key=lambda kv: (list(LABELS).index(kv[0][1]), kv[0][2])
         ):
             name = LABELS[m] + (f" + {extra}" if extra else "")
             lines.append(
                 f"| {name} | {c['n']} | {c['acc']:.4f} ± {c['acc_sd']:.4f} | {c['f1']:.4f} ± {c['f1_sd']:.4f} | "
-                f"{c['pretrain_s']:.0f} | {c['finetune_s']:.0f} | {c['pretrain_tokens']:,.0f} | {c['finetune_tokens']:,.0f} |"
+                f"{c['pretrain_s']:.0f} | {c['finetune_s']:.0f} | {c['pretrain_tokens']:,.0f} | {c['finetune_tokens']:,.0f} | "
+                f"{'' if c['lm_val_loss'] is None else format(c['lm_val_loss'], '.3f')} |"
             )
         lines += ["", f"![validation curves](results/validation_{p}.png)", ""]
     lines += targets(summary)
