@@ -137,3 +137,18 @@ def tiny_corpus_params(**overrides) -> dict:
     for section, values in overrides.items():
         base.setdefault(section, {}).update(values)
     return tiny_params(**base)
+
+
+@pytest.fixture
+def tokenized(workdir):
+    """The tiny corpus through ingest, validate and tokenize; returns its params."""
+    from tasks.config import load_params
+    from tasks.ingest import ingest
+    from tasks.tokenize import tokenize
+    from tasks.validate import validate
+
+    params = load_params()
+    ingest(params.ingest, params.seed)
+    validate(params)
+    tokenize(params.tokenize, params.ingest.labels)
+    return params

@@ -10,11 +10,8 @@ import pytest
 
 from tasks.config import load_params
 from tasks.hpo import SPACE, search, space_around, study_name, write_profile
-from tasks.ingest import ingest
 from tasks.pretrain import pretrain
 from tasks.profile import apply_profile
-from tasks.tokenize import tokenize
-from tasks.validate import validate
 
 DATA, PRETRAINED = Path("data/tokenized"), Path("checkpoints/pretrained")
 
@@ -27,11 +24,8 @@ class PruneAfterFirst(optuna.pruners.BasePruner):
 
 
 @pytest.fixture
-def pretrained(workdir):
-    params = load_params()
-    ingest(params.ingest, params.seed)
-    validate(params)
-    tokenize(params.tokenize, params.ingest.labels)
+def pretrained(tokenized):
+    params = tokenized
     pretrain(params)
     shutil.rmtree(DATA / "test")  # the search must not need the test split
     return params

@@ -21,15 +21,6 @@ from tasks.validate import validate
 from .conftest import tiny_params
 
 
-@pytest.fixture
-def tokenized(workdir):
-    params = load_params()
-    ingest(params.ingest, params.seed)
-    validate(params)
-    tokenize(params.tokenize, params.ingest.labels)
-    return params
-
-
 def test_tokenizer_trains_on_train_split_only(workdir):
     cfg = parse_params(tiny_params()).tokenize
     for kind in ("bpe", "wordpiece"):
