@@ -116,7 +116,9 @@ def search(
         study_name=name,
         storage=f"sqlite:///{(out_dir / 'study.db').resolve()}",
         direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=params.seed),
+        # TPE models the scores only after its random start-up trials; 10 (the default) would
+        # make a CPU-sized search of about a dozen trials a random search.
+        sampler=optuna.samplers.TPESampler(seed=params.seed, n_startup_trials=4),
         pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
         load_if_exists=True,
     )
