@@ -97,7 +97,7 @@ def collect(profile: str, model: str, seed: int, extra: str, wall_s: float, root
 
 
 def run_matrix(
-    profiles, models, seeds, extra: str, extra_files: list[str], overlay: str | None = None, sets: list[str] = ()
+    profiles, models, seeds, extra: str, extra_files: list[str], overlay: str | None = None, more: list[str] = ()
 ) -> None:
     done = {r["key"] for r in done_runs()}
     RUNS.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +120,7 @@ def run_matrix(
                     "seed": seed,  # initialisation, masking and batch order; the split stays put
                     "ingest.split_seed": SPLIT_SEED,
                     "tokenize.extra_text": json.dumps(extra_files),
-                    **dict(kv.split("=", 1) for kv in sets),  # --set: a variant's own knobs
+                    **dict(kv.split("=", 1) for kv in more),  # --set: a variant's own knobs
                 }
                 (ROOT / "params.yaml").write_text(base)
                 cmd = ["dvc", "exp", "run", "--name", key.replace("/", "-")]

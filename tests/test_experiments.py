@@ -62,16 +62,17 @@ def test_the_matrix_runs_as_dvc_experiments_and_resumes(tmp_path):
     proj = tmp_path / "proj"
     env = make_project(proj, tiny_corpus_params(ingest={"limit_rows": 300}, model={"d_hidden": 32}))
     cmd = [sys.executable, "bench/experiments.py", "run", "--profiles", "current", "--seeds", "1",
-           "--models", "lstm-pretrained", "lstm-scratch"]  # fmt: skip
+           "--models", "lstm-pretrained", "lstm-scratch", "--set", "finetune.max_epochs=1", "--extra-name", "one"]  # fmt: skip
     _run(cmd, proj, env, timeout=900)
     records = (proj / "docs/results/runs.jsonl").read_text().splitlines()
     # The project ships the records of its own matrix; this test's runs are the `current/` ones.
     runs = [r for r in map(json.loads, records) if r["key"].startswith("current/")]
-    assert [r["key"] for r in runs] == ["current/lstm-pretrained/seed1", "current/lstm-scratch/seed1"]
+    assert [r["key"] for r in runs] == ["current/lstm-pretrained/seed1/one", "current/lstm-scratch/seed1/one"]
+    assert [len(r["val_curve"]) for r in runs] == [1, 1]  # --set reached both runs
     assert runs[0]["pretrain_tokens"] > 0 and runs[1]["pretrain_tokens"] == 0
     assert all(0 <= r["test_accuracy"] <= 1 and r["val_curve"] for r in runs)
-    assert "| LSTM, LM-pretrained | 1 |" in (proj / "docs/results.md").read_text()
+    assert "| LSTM, LM-pretrained + one | 1 |" in (proj / "docs/results.md").read_text()
     again = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.count("skip ") == 2
     exps = _run(["dvc", "exp", "show", "--json"], proj, env).stdout
-    assert "current-lstm-pretrained-seed1" in exps
+    assert "current-lstm-pretrained-seed1-one" in exps
