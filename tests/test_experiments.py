@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 
 import pytest
 
@@ -76,3 +77,20 @@ def test_the_matrix_runs_as_dvc_experiments_and_resumes(tmp_path):
     assert again.returncode == 0 and again.stdout.count("skip ") == 2
     exps = _run(["dvc", "exp", "show", "--json"], proj, env).stdout
     assert "current-lstm-pretrained-seed1-one" in exps
+
+
+def test_each_profile_starts_from_the_committed_params(tmp_path):
+    """What an earlier experiment left in params.yaml (an LSTM's step budget) must not reach
+    the next profile's runs; `current` keeps the workspace's file."""
+    import subprocess
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
+    for cmd in (["git", "init", "-q"], ["git", "add", "."], ["git", "-c", "user.name=t", "-c", "user.email=t@t",
+                                                              "commit", "-qm", "params"]):  # fmt: skip
+        subprocess.run(cmd, cwd=tmp_path, check=True)
+    left = (tmp_path / "params.yaml").read_text().replace("max_steps: 1500", "max_steps: 500")
+    (tmp_path / "params.yaml").write_text(left)
+    assert "max_steps: 500" in experiments.start_params("current", root=tmp_path)
+    text = experiments.start_params("sst2", root=tmp_path)
+    assert "max_steps: 1500" in text and "stsa.binary.train" in text
