@@ -27,10 +27,10 @@ from pathlib import Path
 
 from tasks.common import StageError, run_stage
 from tasks.config import PARAMS_FILE, FinetuneParams, Params, load_params, parse_params
+from tasks.profile import PROFILES_DIR
 from tasks.training import run_fingerprint
 
 HPO_DIR = Path("reports/hpo")
-PROFILES_DIR = Path("profiles")
 # The fine-tuning knobs searched, as Optuna distributions (name -> (kind, args)). Every other
 # fine-tuning knob keeps its params.yaml value.
 SPACE: dict[str, tuple] = {
@@ -221,7 +221,10 @@ def write_profile(study, params: Params, name: str, profiles_dir: Path = PROFILE
     ]
     body = {"finetune": {k: best.params[k] for k in SPACE}}
     path = profiles_dir / f"{name}.yaml"
-    path.write_text("\n".join(header) + "\n" + _yaml(body))
+    # Through a temporary file: an interrupted write must not leave a profile that half loads.
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text("\n".join(header) + "\n" + _yaml(body))
+    tmp.replace(path)
     return path
 
 
