@@ -158,6 +158,7 @@ def summarise(runs: list[dict]) -> dict:
         groups.setdefault((r["profile"], "tfidf", ""), []).append(  # extra text does not reach TF-IDF
             {
                 **r,
+                "model": "tfidf",  # it has no training epochs: the network's curve is not its own
                 "test_accuracy": r["tfidf_accuracy"],
                 "test_macro_f1": r["tfidf_macro_f1"],
                 "pretrain_s": 0,
@@ -197,6 +198,7 @@ def plot(summary: dict, out_dir: Path = PLOTS) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out_dir.mkdir(parents=True, exist_ok=True)
     profiles = sorted({k[0] for k in summary})
@@ -225,6 +227,7 @@ def plot(summary: dict, out_dir: Path = PLOTS) -> list[Path]:
             for j, curve in enumerate(summary.get((p, m, ""), {}).get("curves", [])):
                 ax.plot(range(1, len(curve) + 1), curve, marker="o", color=f"C{models.index(m)}", alpha=0.8,
                         label=LABELS[m] if j == 0 else None)  # fmt: skip
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("fine-tuning epoch")
         ax.set_ylabel("validation macro-F1")
         ax.set_title(p)

@@ -29,6 +29,7 @@ def test_summary_report_and_plots(tmp_path):
     cell = summary[("sst2", "transformer-pretrained", "")]
     assert cell["n"] == 3 and abs(cell["acc"] - 0.84) < 1e-9 and abs(cell["acc_sd"] - 0.02) < 1e-9
     assert summary[("sst2", "tfidf", "")]["n"] == 3 and summary[("sst2", "tfidf", "")]["acc_sd"] == 0.0
+    assert summary[("sst2", "tfidf", "")]["curves"] == [] and len(cell["curves"]) == 3
     text = experiments.report(runs)
     assert "| Transformer, MLM-pretrained | 3 | 0.8400 ± 0.0200 |" in text
     assert "| Transformer, MLM-pretrained + wikitext | 1 |" in text and "| TF-IDF + LR | 3 | 0.8000" in text
