@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import shutil
+import subprocess
 
 import pytest
 
@@ -54,7 +55,6 @@ def test_finished_runs_are_read_back_and_skipped(tmp_path):
 @pytest.mark.slow
 def test_the_matrix_runs_as_dvc_experiments_and_resumes(tmp_path):
     """Two cells of the matrix on a tiny project: real `dvc exp run`s, records, the report."""
-    import subprocess
     import sys
 
     from .conftest import make_project, run_ok, tiny_corpus_params
@@ -83,8 +83,6 @@ def test_the_matrix_runs_as_dvc_experiments_and_resumes(tmp_path):
 def test_each_profile_starts_from_the_committed_params(tmp_path):
     """What an earlier experiment left in params.yaml (an LSTM's step budget) must not reach
     the next profile's runs; `current` keeps the workspace's file."""
-    import subprocess
-
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
     for cmd in (["git", "init", "-q"], ["git", "add", "."], ["git", "-c", "user.name=t", "-c", "user.email=t@t",
