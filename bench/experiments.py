@@ -28,6 +28,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tasks.lib import catalog, params_file  # noqa: E402
+from tasks.lib.lineage import git_commit  # noqa: E402
+from tasks.profile import apply_profile  # noqa: E402
+
 RUNS = ROOT / "docs" / "results" / "runs.jsonl"
 REPORT = ROOT / "docs" / "results.md"
 PLOTS = ROOT / "docs" / "results"
@@ -70,11 +76,10 @@ def run_key(profile: str, model: str, seed: int, extra: str) -> str:
 
 def collect(profile: str, model: str, seed: int, extra: str, wall_s: float, root: Path = ROOT) -> dict:
     """One finished run's record, from what its stages wrote."""
-    metrics = json.loads((root / "reports/metrics.json").read_text())
-    finetuned = json.loads((root / "checkpoints/finetuned/checkpoint.json").read_text())
-    pretrained = json.loads((root / "checkpoints/pretrained/checkpoint.json").read_text())
-    stats = json.loads((root / "data/tokenized/stats.json").read_text())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    metrics = json.loads((root / catalog.METRICS).read_text())
+    finetuned = json.loads((root / catalog.FINETUNED / catalog.META).read_text())
+    pretrained = json.loads((root / catalog.PRETRAINED / catalog.META).read_text())
+    stats = json.loads((root / catalog.TOKEN_STATS).read_text())
     pretrained_run = finetuned["init"] == "pretrained"
     return {
         "key": run_key(profile, model, seed, extra),
@@ -94,7 +99,7 @@ def collect(profile: str, model: str, seed: int, extra: str, wall_s: float, root
         "finetune_s": finetuned["wall_s"],
         "finetune_tokens": stats["train_tokens"] * finetuned["epochs_run"],
         "experiment_s": wall_s,
-        "commit": commit.stdout.strip(),
+        "commit": git_commit(root, short=True).removesuffix("-dirty"),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -103,15 +108,15 @@ def start_params(profile: str, overlay: str | None = None, root: Path = ROOT) ->
     """params.yaml for one profile's runs: the committed params.yaml (not what an earlier
     experiment left in the workspace) with the profile and the overlay applied; `current`
     keeps the workspace's params.yaml as it is."""
-    params = root / "params.yaml"
+    params, profiles = root / catalog.PARAMS, root / catalog.PROFILES
     if profile != "current":
-        committed = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=root, capture_output=True, text=True)
+        committed = subprocess.run(["git", "show", f"HEAD:{catalog.PARAMS}"], cwd=root, capture_output=True, text=True)
         if committed.returncode != 0:
             raise SystemExit(f"params.yaml is not committed in {root}: {committed.stderr.strip()}")
-        params.write_text(committed.stdout)
-        subprocess.run([sys.executable, "-m", "tasks.profile", profile], cwd=root, check=True)
+        params_file.write(committed.stdout, params)
+        apply_profile(profile, params, profiles)
     if overlay:  # e.g. the fine-tuning knobs `python -m tasks.hpo --profile` found
-        subprocess.run([sys.executable, "-m", "tasks.profile", overlay], cwd=root, check=True)
+        apply_profile(overlay, params, profiles)
     return params.read_text()
 
 
@@ -137,7 +142,7 @@ def run_matrix(
                     "tokenize.extra_text": json.dumps(extra_files),
                     **dict(kv.split("=", 1) for kv in more),  # --set: a variant's own knobs
                 }
-                (ROOT / "params.yaml").write_text(base)
+                params_file.write(base, ROOT / catalog.PARAMS)
                 cmd = ["dvc", "exp", "run", "--name", key.replace("/", "-")]
                 for k, v in sets.items():
                     cmd += ["-S", f"{k}={v}"]

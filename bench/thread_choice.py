@@ -4,7 +4,7 @@
 
 Times our default pretraining step (params.yaml's model and pretrain sections, fp32) with
 one thread and with every core, on an idle machine and then with a neighbour process
-spinning on one core, and shows what `tasks.engine.choose_threads("auto")` picked in each
+spinning on one core, and shows what `tasks.lib.engine.choose_threads("auto")` picked in each
 case. Rounds alternate between thread counts, so drift hits both.
 """
 
@@ -21,10 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import build_language_model  # noqa: E402
-from tasks.config import load_params  # noqa: E402
-from tasks.engine import choose_threads  # noqa: E402
-from tasks.pretrain import lm_batch, lm_config  # noqa: E402
+from tasks.lib.config import load_params  # noqa: E402
+from tasks.lib.engine import choose_threads  # noqa: E402
+from tasks.pretrain import lm_config, synthetic_objective  # noqa: E402
 
 VOCAB = 8000
 ROUNDS, STEPS = 5, 5
@@ -33,10 +32,11 @@ ROUNDS, STEPS = 5, 5
 def step_fn(params):
     p = params.pretrain
     torch.manual_seed(0)
-    model = build_language_model(lm_config(params, VOCAB))
+    objective = synthetic_objective(params, VOCAB)
+    model = objective.language_model(lm_config(params, objective))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    rows = torch.randint(5, VOCAB, (p.batch_size, p.block_size))
-    ids, targets = lm_batch(rows, p.objective, VOCAB, torch.Generator().manual_seed(0), p.mask_prob)
+    rows = torch.randint(5, VOCAB, (p.batch_size, p.block_size + objective.extra_tokens))
+    ids, targets = objective.batch(rows, torch.Generator().manual_seed(0))
 
     def step():
         _, loss = model(ids, targets)

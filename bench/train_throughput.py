@@ -25,29 +25,37 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import build_language_model, model_config  # noqa: E402
-from models.transformer import mask_tokens  # noqa: E402
-from tasks.config import load_params  # noqa: E402
-from tasks.pretrain import MASK_ID, SPECIAL_IDS  # noqa: E402
-from tasks.training import count_params, flops_per_token, measure_matmul_peak  # noqa: E402
+from models.build import model_config  # noqa: E402
+from models.objectives import create  # noqa: E402
+from tasks.lib.config import load_params  # noqa: E402
+from tasks.lib.training import count_params, flops_per_token, measure_matmul_peak  # noqa: E402
+from tasks.pretrain import synthetic_objective  # noqa: E402
 
 VOCAB = 8000
+
+
+# Our config keys -> each Hugging Face config's names for them.
+HF_NAMES = {
+    "bert": {"vocab_size": "vocab_size", "d_model": "hidden_size", "n_layers": "num_hidden_layers",
+             "n_heads": "num_attention_heads", "d_ff": "intermediate_size",
+             "max_positions": "max_position_embeddings",
+             "dropout": ("hidden_dropout_prob", "attention_probs_dropout_prob")},
+    "gpt2": {"vocab_size": "vocab_size", "d_model": "n_embd", "n_layers": "n_layer", "n_heads": "n_head",
+             "d_ff": "n_inner", "max_positions": "n_positions", "dropout": ("resid_pdrop", "embd_pdrop", "attn_pdrop")},
+}  # fmt: skip
+
+
+def _hf_kwargs(kind: str, cfg: dict) -> dict:
+    out = {}
+    for ours, theirs in HF_NAMES[kind].items():
+        out |= dict.fromkeys(theirs if isinstance(theirs, tuple) else (theirs,), cfg[ours])
+    return out
 
 
 def hf_bert(cfg):
     from transformers import BertConfig, BertForMaskedLM
 
-    config = BertConfig(
-        vocab_size=cfg["vocab_size"],
-        hidden_size=cfg["d_model"],
-        num_hidden_layers=cfg["n_layers"],
-        num_attention_heads=cfg["n_heads"],
-        intermediate_size=cfg["d_ff"],
-        max_position_embeddings=cfg["max_positions"],
-        hidden_dropout_prob=cfg["dropout"],
-        attention_probs_dropout_prob=cfg["dropout"],
-        loss_type="ForMaskedLM",
-    )
+    config = BertConfig(**_hf_kwargs("bert", cfg), loss_type="ForMaskedLM")
     config._attn_implementation = "sdpa"
     return BertForMaskedLM(config)
 
@@ -55,20 +63,8 @@ def hf_bert(cfg):
 def hf_gpt2(cfg):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(
-        vocab_size=cfg["vocab_size"],
-        n_embd=cfg["d_model"],
-        n_layer=cfg["n_layers"],
-        n_head=cfg["n_heads"],
-        n_inner=cfg["d_ff"],
-        n_positions=cfg["max_positions"],
-        resid_pdrop=cfg["dropout"],
-        embd_pdrop=cfg["dropout"],
-        attn_pdrop=cfg["dropout"],
-        bos_token_id=2,  # our [CLS]/[SEP]: GPT-2's defaults lie outside an 8,000-word vocabulary
-        eos_token_id=3,
-        loss_type="ForCausalLM",
-    )
+    # bos/eos: our [CLS]/[SEP]; GPT-2's defaults lie outside an 8,000-word vocabulary.
+    config = GPT2Config(**_hf_kwargs("gpt2", cfg), bos_token_id=2, eos_token_id=3, loss_type="ForCausalLM")
     config._attn_implementation = "sdpa"
     return GPT2LMHeadModel(config)
 
@@ -112,16 +108,17 @@ def build_cases(cfg: dict, batch: int, block: int, mask_prob: float, device, bf1
     """name -> (step function, tokens per step, our FLOPs per token) for each model."""
     torch.manual_seed(0)
     ids = torch.randint(5, VOCAB, (batch, block)).to(device)
-    masked, targets = mask_tokens(ids.cpu(), MASK_ID, VOCAB, SPECIAL_IDS, mask_prob, torch.Generator().manual_seed(0))
+    tokens = synthetic_objective(load_params(), VOCAB).tokens
+    masked, targets = create("mlm", tokens, mask_prob).batch(ids.cpu(), torch.Generator().manual_seed(0))
     masked, targets = masked.to(device), targets.to(device)
     cases = {}
     for objective in ("mlm", "causal"):
-        ours = build_language_model({**cfg, "causal": objective == "causal"}).to(device)
+        lm = create(objective, tokens, mask_prob)
+        ours = lm.language_model(cfg).to(device)
         theirs = (hf_bert if objective == "mlm" else hf_gpt2)(cfg).to(device)
         if compile_:
-            ours.encoder.compile()
-        decoded = mask_prob if objective == "mlm" else 1.0
-        fpt = flops_per_token(ours, model_config({**cfg, "causal": objective == "causal"}), block, decoded)
+            ours.body.compile()
+        fpt = flops_per_token(ours, model_config({**cfg, "causal": lm.causal}), block, lm.decoded_share)
         if objective == "mlm":
             pairs = {
                 "ours MaskedLM": (ours, ours_loss, masked, targets),

@@ -19,9 +19,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.config import load_params  # noqa: E402
-from tasks.contract import profile, quarantine  # noqa: E402
 from tasks.ingest import ingest  # noqa: E402
+from tasks.lib.config import load_params  # noqa: E402
+from tasks.lib.contract import profile, quarantine  # noqa: E402
 
 
 def timed(fn, *args):

@@ -26,14 +26,28 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tasks.common import apply_env_defaults
-
-apply_env_defaults()
-
 PIPELINE = "text-classifier-pipeline/scheduled"
 TRAIN = "train/gpu"
 PROMOTE = "promote/on-demand"
 TAGS = ["text-classifier"]
+
+
+def _deploy(name: str, workspace: Path, entrypoint: str, pool: str, tag: str, env: dict | None = None,
+            parameters: dict | None = None, cron: str | None = None):  # fmt: skip
+    """One deployment of a flow from `workspace` (a clone of this repository on the machine
+    the pool's worker runs on). One run at a time: runs of a deployment share a workspace."""
+    from prefect import flow
+
+    return flow.from_source(source=str(workspace), entrypoint=entrypoint).deploy(
+        name=name.split("/")[1],
+        work_pool_name=pool,
+        job_variables={"env": {"PYTHONPATH": str(workspace), **(env or {})}},
+        parameters={"root": str(workspace), **(parameters or {})},
+        cron=cron,
+        concurrency_limit=1,
+        tags=[*TAGS, tag],
+        print_next_steps=False,
+    )
 
 
 def deploy(
@@ -46,46 +60,12 @@ def deploy(
     gpu_pool: str = "gpu",
 ) -> dict[str, str]:
     """Register (or update) the three deployments; returns their names and ids."""
-    from prefect import flow
-
-    ids = {}
-    training = flow.from_source(source=str(gpu_workspace), entrypoint="flows/pipeline.py:train")
-    ids[TRAIN] = training.deploy(
-        name=TRAIN.split("/")[1],
-        work_pool_name=gpu_pool,
-        job_variables={"env": {"PYTHONPATH": str(gpu_workspace), **(gpu_env or {})}},
-        parameters={"root": str(gpu_workspace)},
-        tags=[*TAGS, "training"],
-        concurrency_limit=1,  # one training per GPU workspace
-        print_next_steps=False,
-    )
-    pipeline = flow.from_source(source=str(cpu_workspace), entrypoint="flows/pipeline.py:pipeline")
-    ids[PIPELINE] = pipeline.deploy(
-        name=PIPELINE.split("/")[1],
-        work_pool_name=cpu_pool,
-        job_variables={"env": {"PYTHONPATH": str(cpu_workspace)}},
-        cron=cron,
-        # A run that fires while the last one still runs waits for it: they share a workspace.
-        concurrency_limit=1,
-        parameters={
-            "root": str(cpu_workspace),
-            "refresh_source": True,
-            "profile": profile,
-            "training_deployment": TRAIN,
-        },
-        tags=[*TAGS, "pipeline"],
-        print_next_steps=False,
-    )
-    promotion = flow.from_source(source=str(cpu_workspace), entrypoint="flows/promote.py:promote")
-    ids[PROMOTE] = promotion.deploy(
-        name=PROMOTE.split("/")[1],
-        work_pool_name=cpu_pool,
-        job_variables={"env": {"PYTHONPATH": str(cpu_workspace)}},
-        parameters={"root": str(cpu_workspace)},
-        concurrency_limit=1,
-        tags=[*TAGS, "promotion"],
-        print_next_steps=False,
-    )
+    ids = {
+        TRAIN: _deploy(TRAIN, gpu_workspace, "flows/pipeline.py:train", gpu_pool, "training", gpu_env),
+        PIPELINE: _deploy(PIPELINE, cpu_workspace, "flows/pipeline.py:pipeline", cpu_pool, "pipeline", None,
+                          {"refresh_source": True, "profile": profile, "training_deployment": TRAIN}, cron=cron),
+        PROMOTE: _deploy(PROMOTE, cpu_workspace, "flows/promote.py:promote", cpu_pool, "promotion"),
+    }  # fmt: skip
     return {name: str(i) for name, i in ids.items()}
 
 
@@ -120,4 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from flows.runtime import offline_defaults
+
+    with offline_defaults():
+        raise SystemExit(main())

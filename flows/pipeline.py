@@ -17,23 +17,19 @@ time: a run waits for the workspace lock while another holds it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
 from pathlib import Path
 
-from tasks.common import apply_env_defaults
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.states import Failed, State
 
-apply_env_defaults()
-
-from prefect import flow, get_run_logger, task  # noqa: E402  (env must be set before import)
-from prefect.artifacts import create_markdown_artifact  # noqa: E402
-from prefect.states import Failed, State  # noqa: E402
-
-from tasks.common import file_lock, read_json  # noqa: E402
-from tasks.register import data_hash  # noqa: E402
-from tasks.tracking import PARENT_ENV, configure, flatten  # noqa: E402
+from tasks.lib import catalog, params_file
+from tasks.lib.common import file_lock, read_json
+from tasks.lib.lineage import data_hash, git_commit
+from tasks.lib.tracking import PARENT_ENV, configure, flatten
 
 STAGES = ("ingest", "validate", "tokenize", "pretrain", "finetune", "evaluate", "register")
 TRAINING = ("pretrain", "finetune")
@@ -43,19 +39,20 @@ LOCK_ARTIFACT = "training/dvc.lock"
 def workspace_lock(root: Path, say=print):
     """One pipeline at a time per workspace: DVC's own lock fails a second run outright."""
     waiting = f"another pipeline run holds this workspace ({root}); waiting for it to finish"
-    return file_lock(root / ".dvc" / "tmp" / "pipeline.lock", waiting, say=say)
+    return file_lock(catalog.at(root, catalog.WORKSPACE_LOCK), waiting, say=say)
 
 
 @task(task_run_name="{stage}")
 def dvc_stage(stage: str, root: str, parent_run_id: str, force: bool = False):
     """Reproduce one DVC stage; report whether it ran or was up to date.
 
-    A stage that fails ends the task in a Failed state carrying a one-line message (the
-    stage itself has already printed the full explanation): bad data is not a bug, so
-    no traceback.
+    A stage that fails ends the task in a Failed state carrying DVC's own message (and,
+    when the stage's command failed, a pointer to the explanation it printed): bad data is
+    not a bug, so no traceback.
     """
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
+    from dvc.stage.exceptions import StageCmdFailedError
 
     # The stage process must use this interpreter and nest its MLflow run under ours.
     env = {PARENT_ENV: parent_run_id, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -65,11 +62,23 @@ def dvc_stage(stage: str, root: str, parent_run_id: str, force: bool = False):
         env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
     start = time.perf_counter()
     try:
-        with Repo(root) as repo:
-            ran = repo.reproduce(stage, single_item=True, force=force, run_env=env)
-    except DvcException:
-        return Failed(message=f"stage '{stage}' failed; its error is printed above (python -m tasks.{stage})")
+        with Repo(root) as repo:  # the target names its dvc.yaml: no change of working folder
+            ran = repo.reproduce(f"{Path(root) / 'dvc.yaml'}:{stage}", single_item=True, force=force, run_env=env)
+    except DvcException as err:
+        causes = [err, *_causes(err)]
+        why = ": ".join(dict.fromkeys(" ".join(str(e).split()) for e in causes if str(e)))
+        if any(isinstance(e, StageCmdFailedError) for e in causes):
+            why += f" (its error is printed above: python -m tasks.{stage})"
+        return Failed(message=f"stage '{stage}' failed: {why}")
     return {"stage": stage, "ran": bool(ran), "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    out = []
+    while err.__cause__ is not None and len(out) < 5:
+        err = err.__cause__
+        out.append(err)
+    return out
 
 
 @task(retries=2, retry_delay_seconds=10)
@@ -82,7 +91,8 @@ def dvc_pull(root: str, targets: list[str], allow_missing: bool = False) -> int:
         return 0
     # force: dvc.lock is the record; whatever an earlier run left in these paths is in the cache.
     with Repo(root) as repo:
-        result = repo.pull(targets=targets, force=True, allow_missing=allow_missing)
+        paths = [str(Path(root) / t) for t in targets]
+        result = repo.pull(targets=paths, force=True, allow_missing=allow_missing)
     return int(result["stats"].get("fetched", 0))
 
 
@@ -110,13 +120,13 @@ def publish_validation(root: Path) -> None:
     """The validation verdict as a Prefect artifact and in the MLflow parent run, pass or fail."""
     import mlflow
 
-    from tasks.validate import REPORT_DIR, markdown_summary
+    from tasks.validate import RESULTS, markdown_summary
 
-    report_dir = root / REPORT_DIR
-    if not (report_dir / "results.json").exists():
+    report_dir = catalog.at(root, catalog.VALIDATION_REPORT)
+    if not (report_dir / RESULTS).exists():
         return
-    results = read_json(report_dir / "results.json")
-    create_markdown_artifact(markdown_summary(results, report_dir / "index.html"), key="data-validation")
+    results = read_json(report_dir / RESULTS)
+    create_markdown_artifact(markdown_summary(results, report_dir / catalog.REPORT_PAGE), key="data-validation")
     mlflow.log_artifacts(str(report_dir), "validation")
     mlflow.set_tag("validation", "passed" if results["success"] else "failed")
 
@@ -138,14 +148,13 @@ def stage_task(stage: str, root: Path, parent_run_id: str, force: bool, source: 
 
 def pool_of_this_run() -> str:
     """The work pool this flow run was placed on ("local" when run by hand)."""
+    from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
 
-    with contextlib.suppress(Exception):
-        from prefect.client.orchestration import get_client
-
-        with get_client(sync_client=True) as client:
-            return client.read_flow_run(flow_run.id).work_pool_name or "local"
-    return "local"
+    if flow_run.id is None:
+        return "local"
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run.id).work_pool_name or "local"
 
 
 def train_remotely(deployment: str, root: Path, parent_run_id: str):
@@ -155,14 +164,12 @@ def train_remotely(deployment: str, root: Path, parent_run_id: str):
     import mlflow
     from prefect.deployments import run_deployment
 
-    from tasks.register import git_commit
-
     dvc_push(str(root))  # the training side pulls the tokenized data from the remote
     parameters = {
-        "lock": (root / "dvc.lock").read_text(),
-        "params": (root / "params.yaml").read_text(),
+        "lock": catalog.at(root, catalog.DVC_LOCK).read_text(),
+        "params": catalog.at(root, catalog.PARAMS).read_text(),
         "parent_run_id": parent_run_id,
-        "commit": git_commit(),
+        "commit": git_commit(root),
     }
     child = run_deployment(deployment, parameters=parameters, timeout=stage_timeout("train"), poll_interval=5)
     if not child.state or not child.state.is_completed():
@@ -170,7 +177,7 @@ def train_remotely(deployment: str, root: Path, parent_run_id: str):
         why = child.state.message if child.state else ""
         return Failed(message=f"training deployment '{deployment}' ended {name}: {why}")
     lock = Path(mlflow.artifacts.download_artifacts(run_id=parent_run_id, artifact_path=LOCK_ARTIFACT))
-    (root / "dvc.lock").write_text(lock.read_text())
+    catalog.at(root, catalog.DVC_LOCK).write_text(lock.read_text())
     dvc_pull(str(root), recorded_outs(lock.read_text(), TRAINING))
     return mlflow.artifacts.load_dict(f"runs:/{parent_run_id}/training/results.json")
 
@@ -182,17 +189,14 @@ def train(lock: str, params: str, parent_run_id: str, commit: str = "", root: st
     and log the updated dvc.lock and the stage results to the pipeline's MLflow run."""
     import mlflow
 
-    from tasks.register import git_commit
-
     logger = get_run_logger()
     root_path = Path(root).resolve()
-    os.chdir(root_path)
-    here = git_commit().removesuffix("-dirty")
+    here = git_commit(root_path).removesuffix("-dirty")
     if commit and here != "unknown" and here != commit.removesuffix("-dirty"):
         return Failed(message=f"this workspace is at commit {here}, the pipeline at {commit}: update its code first")
     with workspace_lock(root_path, say=logger.info):
-        (root_path / "params.yaml").write_text(params)
-        (root_path / "dvc.lock").write_text(lock)
+        params_file.write(params, catalog.at(root_path, catalog.PARAMS))
+        catalog.at(root_path, catalog.DVC_LOCK).write_text(lock)
         dvc_pull(str(root_path), recorded_outs(lock, ("tokenize",)))
         dvc_pull(str(root_path), recorded_outs(lock, TRAINING), allow_missing=True)  # earlier checkpoints, if any
         configure(root_path)
@@ -208,56 +212,9 @@ def train(lock: str, params: str, parent_run_id: str, commit: str = "", root: st
         dvc_push(str(root_path))
         # Through the client: start_run(run_id=...) would end the pipeline's run on exit.
         client = mlflow.MlflowClient()
-        client.log_artifact(parent_run_id, str(root_path / "dvc.lock"), Path(LOCK_ARTIFACT).parent.as_posix())
+        client.log_artifact(parent_run_id, str(catalog.at(root_path, catalog.DVC_LOCK)), Path(LOCK_ARTIFACT).parent.as_posix())
         client.log_dict(parent_run_id, results, "training/results.json")
     return results
-
-
-def summary_markdown(results: list[dict], metrics: dict, registered: dict, run_id: str, champion) -> str:
-    import mlflow
-
-    rows = "\n".join(
-        f"| {r['stage']} | {r.get('pool', 'local')} | {'ran' if r['ran'] else 'up to date'} | {r['seconds']} |"
-        for r in results
-    )
-    t, b = metrics["test"], metrics["baseline"]
-    uri = mlflow.get_tracking_uri()
-    if uri.startswith("http"):
-        link = f"{uri}/#/experiments/{mlflow.get_run(run_id).info.experiment_id}/runs/{run_id}"
-    else:
-        link = f"`{run_id}` in `{uri}`"
-    if champion:
-        champ = f"| champion (version {champion['version']}) | {champion['accuracy']} | {champion['macro_f1']} |\n"
-    else:
-        champ = "| champion | none yet | |\n"
-    return (
-        "## Pipeline run\n\n| stage | work pool | status | seconds |\n|---|---|---|---|\n" + rows + "\n\n"
-        "| model | test accuracy | test macro-F1 |\n|---|---|---|\n"
-        f"| this run | {t['accuracy']:.4f} | {t['macro_f1']:.4f} |\n"
-        + champ
-        + f"| TF-IDF baseline | {b['accuracy']:.4f} | {b['macro_f1']:.4f} |\n\n"
-        f"Registered `{registered['name']}` version {registered['version']} as `@{registered['alias']}`; "
-        "promote it with `python -m flows.promote`.\n\n"
-        f"MLflow parent run: {link}. Data validation report: `reports/validation/index.html` (also the "
-        "run's artifact `validation/index.html`).\n"
-    )
-
-
-def champion_scores(name: str) -> dict | None:
-    """The champion's test metrics as registered (measured on its own test split)."""
-    import mlflow
-
-    from tasks.registry import CHAMPION
-
-    try:
-        v = mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION)
-    except mlflow.exceptions.MlflowException:
-        return None
-    return {
-        "version": v.version,
-        "accuracy": v.tags.get("test_accuracy", "?"),
-        "macro_f1": v.tags.get("test_macro_f1", "?"),
-    }
 
 
 @flow(name="text-classifier-pipeline")
@@ -274,20 +231,20 @@ def pipeline(
     """
     import mlflow
 
-    from tasks.common import StageError
-    from tasks.config import ParamsError, load_params
+    from tasks.lib.common import StageError
+    from tasks.lib.config import ParamsError, load_params
+    from tasks.lib.summary import champion_scores, run_link, summary_markdown
     from tasks.profile import apply_profile
 
     logger = get_run_logger()
     root_path = Path(root).resolve()
     if not (root_path / "dvc.yaml").exists():
         return Failed(message=f"{root_path} has no dvc.yaml: run the flow from the project root")
-    os.chdir(root_path)  # DVC resolves stage names against the working folder
     with workspace_lock(root_path, say=logger.info):
         try:
             if profile:
-                apply_profile(profile, root_path / "params.yaml", root_path / "profiles")
-            params = load_params(root_path / "params.yaml")
+                apply_profile(profile, catalog.at(root_path, catalog.PARAMS), catalog.at(root_path, catalog.PROFILES))
+            params = load_params(catalog.at(root_path, catalog.PARAMS))
         except (ParamsError, StageError) as err:
             return Failed(message=str(err))
         configure(root_path)
@@ -319,12 +276,13 @@ def pipeline(
                 results.append(result)
             pushed = dvc_push(str(root_path))
             logger.info("pushed %d file(s) to the DVC remote", pushed)
-            mlflow.set_tags({"data_hash": data_hash(root_path / "dvc.lock"), "data_restore": "dvc pull data/validated"})
-            metrics = read_json(root_path / "reports/metrics.json")
-            registered = read_json(root_path / "reports/registered.json")
+            mlflow.set_tags({"data_hash": data_hash(catalog.at(root_path, catalog.DVC_LOCK)),
+                             "data_restore": f"dvc pull {catalog.VALIDATED}"})  # fmt: skip
+            metrics = read_json(catalog.at(root_path, catalog.METRICS))
+            registered = read_json(catalog.at(root_path, catalog.REGISTERED))
             mlflow.log_metrics({k: v for k, v in flatten(metrics).items() if isinstance(v, (int, float))})
-            mlflow.log_artifact(str(root_path / "reports/metrics.json"))
-            mlflow.log_artifacts(str(root_path / "reports/evaluation"), "evaluation")
+            mlflow.log_artifact(str(catalog.at(root_path, catalog.METRICS)))
+            mlflow.log_artifacts(str(catalog.at(root_path, catalog.EVALUATION_REPORT)), "evaluation")
             mlflow.log_dict(results, "stages.json")
             mlflow.set_tags(
                 {
@@ -332,11 +290,10 @@ def pipeline(
                     "registered_version": registered["version"],
                 }
             )
-            champion = champion_scores(params.register_.model_name)
-            create_markdown_artifact(
-                summary_markdown(results, metrics, registered, parent.info.run_id, champion), key="pipeline-summary"
-            )
-        init = read_json(root_path / "checkpoints/finetuned/checkpoint.json")["init"]
+            champion = champion_scores(mlflow.MlflowClient(), params.register_.model_name)
+            link = run_link(mlflow.get_tracking_uri(), parent.info.experiment_id, parent.info.run_id)
+            create_markdown_artifact(summary_markdown(results, metrics, registered, link, champion), key="pipeline-summary")
+        init = read_json(catalog.at(root_path, catalog.FINETUNED / catalog.META))["init"]
     return {
         "results": results,
         "metrics": metrics,
@@ -346,23 +303,19 @@ def pipeline(
     }
 
 
-def print_summary(out: dict) -> None:
-    t, b, reg = out["metrics"]["test"], out["metrics"]["baseline"], out["registered"]
-    print()
-    kind = "pretrained + fine-tuned" if out["init"] == "pretrained" else "trained from scratch"
-    print(f"test accuracy  {t['accuracy']:.4f}   macro-F1 {t['macro_f1']:.4f}   ({kind})")
-    print(f"test accuracy  {b['accuracy']:.4f}   macro-F1 {b['macro_f1']:.4f}   (TF-IDF + logistic regression)")
-    print(f"report         {Path('reports/evaluation/index.html').resolve()}")
-    print(f"registered     {reg['name']} version {reg['version']} alias @{reg['alias']}  ({reg['model_uri']})")
-
-
 if __name__ == "__main__":
     import argparse
 
+    from flows.runtime import offline_defaults
+    from tasks.lib.summary import terminal_lines
+
     cli = argparse.ArgumentParser(description="Run the pipeline as one Prefect flow.")
     cli.add_argument("--refresh-source", action="store_true", help="re-read the source even if params did not change")
-    final = pipeline(refresh_source=cli.parse_args().refresh_source, return_state=True)
+    refresh = cli.parse_args().refresh_source
+    with offline_defaults():
+        final = pipeline(refresh_source=refresh, return_state=True)
     if final.is_failed():
         print(f"error: {final.message}", file=sys.stderr)
         raise SystemExit(1)
-    print_summary(final.result())
+    out = final.result()
+    print("\n" + "\n".join(terminal_lines(out["metrics"], out["registered"], out["init"], Path("."))))

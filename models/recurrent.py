@@ -1,4 +1,4 @@
-"""Recurrent language models (Elman RNN, LSTM, GRU) and their classifier, ULMFiT-style.
+"""Recurrent bodies (Elman RNN, LSTM, GRU) and their classifier, ULMFiT-style.
 
 The stack is one single-layer cell per layer, so each layer is its own parameter group for
 discriminative learning rates and gradual unfreezing. The last layer's output is as wide as
@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from models.lm_loss import linear_cross_entropy
-
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
@@ -26,10 +24,13 @@ class RecurrentConfig:
     n_layers: int = 2
     dropout: float = 0.1
     pad_id: int = 0
+    causal: bool = True  # a recurrence reads only the past: no other kind exists
 
     def __post_init__(self):
         if self.arch not in CELLS:
             raise ValueError(f"arch must be one of {sorted(CELLS)}, got {self.arch!r}")
+        if not self.causal:
+            raise ValueError(f"a recurrent ({self.arch}) body is causal: use a causal pretraining objective")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,22 +60,6 @@ class RecurrentBody(nn.Module):
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         return [list(self.tok.parameters())] + [list(layer.parameters()) for layer in self.layers]
-
-
-class RecurrentLM(nn.Module):
-    """Next-token prediction with a decoder tied to the embeddings."""
-
-    def __init__(self, cfg: RecurrentConfig):
-        super().__init__()
-        self.body = RecurrentBody(cfg)
-        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
-
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None):
-        """Logits (no targets), or (None, mean loss over the targets that are not -100)."""
-        h = self.body(ids)
-        if targets is None:
-            return h @ self.body.tok.weight.T + self.bias, None
-        return None, linear_cross_entropy(h, self.body.tok.weight, self.bias, targets)
 
 
 class RecurrentClassifier(nn.Module):

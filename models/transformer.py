@@ -1,8 +1,9 @@
-"""A pre-norm Transformer, its language-model heads (masked or causal) and its classifier.
+"""A pre-norm Transformer body and its classifier (the language-model heads are the
+objectives' own: `models/objectives/`).
 
 Attention goes through `scaled_dot_product_attention`, so the fused kernels are used where
-the hardware has them; both LM decoders share the token-embedding matrix (weight tying).
-With `causal=True` every position attends only to itself and earlier positions (GPT-style).
+the hardware has them. With `causal=True` every position attends only to itself and earlier
+positions (GPT-style).
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from models.lm_loss import linear_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -98,94 +97,24 @@ class Encoder(nn.Module):
         return groups
 
 
-class MaskedLM(nn.Module):
-    """Encoder plus a decoder tied to the token embeddings; loss over masked positions only."""
-
-    def __init__(self, cfg: EncoderConfig):
-        super().__init__()
-        self.encoder = Encoder(cfg)
-        self.transform = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(), nn.LayerNorm(cfg.d_model))
-        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
-
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None):
-        """Logits (no targets), or (None, mean loss over the masked positions)."""
-        h = self.encoder(ids)
-        if targets is None:
-            return self.transform(h) @ self.encoder.tok.weight.T + self.bias, None
-        # Decode only the masked positions: the vocabulary projection dominates the cost.
-        # (An empty selection, possible in a small micro-batch, gives a loss of 0, not NaN.)
-        sel = targets != -100
-        return None, linear_cross_entropy(self.transform(h[sel]), self.encoder.tok.weight, self.bias, targets[sel])
-
-
-class CausalLM(nn.Module):
-    """Causal encoder plus a decoder tied to the token embeddings: next-token prediction."""
-
-    def __init__(self, cfg: EncoderConfig):
-        super().__init__()
-        if not cfg.causal:
-            raise ValueError("CausalLM needs an EncoderConfig with causal=True")
-        self.encoder = Encoder(cfg)
-
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None):
-        """Logits (no targets), or (None, mean loss over the targets that are not -100)."""
-        h = self.encoder(ids)
-        if targets is None:
-            return h @ self.encoder.tok.weight.T, None
-        return None, linear_cross_entropy(h, self.encoder.tok.weight, None, targets)
-
-
 class Classifier(nn.Module):
     """Encoder plus mean pooling over real tokens and a linear head."""
 
     def __init__(self, cfg: EncoderConfig, n_classes: int, head_dropout: float = 0.1):
         super().__init__()
-        self.encoder = Encoder(cfg)
+        self.body = Encoder(cfg)
         self.drop = nn.Dropout(head_dropout)
         self.head = nn.Linear(cfg.d_model, n_classes)
         _init_weights(self.head)
 
     def forward(self, ids: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        h = self.encoder(ids, key_mask)
+        h = self.body(ids, key_mask)
         m = key_mask.unsqueeze(-1).to(h.dtype)
         pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
         return self.head(self.drop(pooled))
 
-    @property
-    def body(self) -> Encoder:
-        return self.encoder
-
     def layer_groups(self) -> list[list[nn.Parameter]]:
-        return self.encoder.layer_groups() + [list(self.head.parameters())]
-
-
-def mask_tokens(
-    ids: torch.Tensor,
-    mask_id: int,
-    vocab_size: int,
-    special_ids: torch.Tensor,
-    mask_prob: float,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT masking: of the chosen positions 80% -> [MASK], 10% -> random token, 10% kept."""
-    ids = ids.clone()
-    candidate = ~torch.isin(ids, special_ids)
-    chosen = (torch.rand(ids.shape, generator=generator) < mask_prob) & candidate
-    targets = torch.where(chosen, ids, torch.full_like(ids, -100))
-    roll = torch.rand(ids.shape, generator=generator)
-    ids[chosen & (roll < 0.8)] = mask_id
-    rand_pos = chosen & (roll >= 0.8) & (roll < 0.9)
-    ids[rand_pos] = torch.randint(vocab_size, ids.shape, generator=generator)[rand_pos]
-    return ids, targets
-
-
-def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: matrices decay; norms, biases and embeddings' 1-d params do not."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return self.body.layer_groups() + [list(self.head.parameters())]
 
 
 def _init_weights(module: nn.Module) -> None:

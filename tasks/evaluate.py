@@ -14,14 +14,10 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from tasks.common import atomic_dir, run_stage, write_json_atomic
-from tasks.config import Params, load_params
-
-VALIDATED_DIR = Path("data/validated")
-DATA_DIR = Path("data/tokenized")
-MODEL_DIR = Path("checkpoints/finetuned")
-METRICS_FILE = Path("reports/metrics.json")
-REPORT_DIR = Path("reports/evaluation")
+from tasks.lib import catalog
+from tasks.lib.common import atomic_dir, run_stage, write_json_atomic
+from tasks.lib.config import Params, load_params
+from tasks.lib.tracking import flatten, stage_run
 
 
 def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int) -> float:
@@ -113,22 +109,29 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child{{
 """
 
 
+def predictions_table(texts: list[str], y: np.ndarray, proba: np.ndarray, labels: list[str]) -> pd.DataFrame:
+    """One row per test example: text, true and predicted label, every class's probability."""
+    table = pd.DataFrame({"text": texts, "actual": [labels[i] for i in y], "predicted": [labels[i] for i in proba.argmax(1)]})
+    for i, name in enumerate(labels):
+        table[f"proba_{name}"] = proba[:, i]
+    return table
+
+
 def evaluate(params: Params) -> dict:
-    import datasets
-    import torch
+    from models.inference import encode, predict_proba
+    from tasks.finetune import load_classifier
+    from tasks.lib.vocab import load_tokenizer
 
-    from tasks.finetune import load_classifier, predict_proba
-
-    model, labels = load_classifier(MODEL_DIR)
-    test = datasets.load_from_disk(str(DATA_DIR / "test"))
-    y = np.array(test["label"])
-    proba = predict_proba(model, test["input_ids"], torch.device("cpu"))
-    train_df = pd.read_parquet(VALIDATED_DIR / "train.parquet")
-    test_df = pd.read_parquet(VALIDATED_DIR / "test.parquet")
+    # The served model's path: raw test texts through the saved tokenizer and the shared predictor.
+    model, labels = load_classifier(catalog.FINETUNED)
+    train_df = pd.read_parquet(catalog.split_file("train"))
+    test_df = pd.read_parquet(catalog.split_file("test"))
+    y = test_df["label"].map({n: i for i, n in enumerate(labels)}).to_numpy()
+    proba = predict_proba(model, encode(load_tokenizer(), test_df["text"].tolist()))
     base_proba = tfidf_baseline(train_df, test_df, labels, params.evaluate.baseline_max_features, params.seed)
     ours = classification_metrics(y, proba, labels, params.evaluate.ece_bins)
     base = classification_metrics(y, base_proba, labels, params.evaluate.ece_bins)
-    with atomic_dir(REPORT_DIR) as tmp:
+    with atomic_dir(catalog.EVALUATION_REPORT) as tmp:
         plot_confusion(
             confusion_matrix(y, proba.argmax(1), labels=range(len(labels))),
             labels,
@@ -141,27 +144,28 @@ def evaluate(params: Params) -> dict:
             tmp / "baseline_confusion_matrix.png",
             "TF-IDF baseline",
         )
-        (tmp / "index.html").write_text(render_report(ours, base, labels))
-        # One row per test example, for `dvc plots show` (confusion template).
-        pd.DataFrame({"actual": [labels[i] for i in y], "predicted": [labels[i] for i in proba.argmax(1)]}).to_csv(
-            tmp / "predictions.csv", index=False
-        )
+        (tmp / catalog.REPORT_PAGE).write_text(render_report(ours, base, labels))
+        # `dvc plots show` draws its confusion matrix from the actual/predicted columns.
+        predictions_table(test_df["text"].tolist(), y, proba, labels).to_csv(tmp / catalog.PREDICTIONS, index=False)
     metrics = {"test": ours, "baseline": base, "test_rows": int(len(y))}
-    write_json_atomic(METRICS_FILE, metrics)
+    write_json_atomic(catalog.METRICS, metrics)
     return metrics
 
 
-def main() -> None:
+def log_run(metrics: dict) -> None:
+    """The metrics, the report and metrics.json in this stage's MLflow run."""
     import mlflow
 
-    from tasks.tracking import flatten, stage_run
+    mlflow.log_metrics(flatten(metrics))
+    mlflow.log_artifacts(str(catalog.EVALUATION_REPORT), "evaluation")
+    mlflow.log_artifact(str(catalog.METRICS))
 
+
+def main() -> None:
     params = load_params()
     with stage_run("evaluate", {"evaluate": params.evaluate.model_dump()}):
         metrics = evaluate(params)
-        mlflow.log_metrics({k: v for k, v in flatten(metrics).items()})
-        mlflow.log_artifacts(str(REPORT_DIR), "evaluation")
-        mlflow.log_artifact(str(METRICS_FILE))
+        log_run(metrics)
     t, b = metrics["test"], metrics["baseline"]
     print(
         f"evaluate: model accuracy {t['accuracy']:.4f} macro-F1 {t['macro_f1']:.4f} | "

@@ -11,7 +11,6 @@ architecture: `lr_decay` gives each lower layer group a smaller learning rate
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -22,72 +21,46 @@ from sklearn.metrics import f1_score
 from torch import nn
 from tqdm import tqdm
 
-from models import build_classifier, model_config
-from tasks.common import atomic_dir, read_json, run_stage, seed_everything
-from tasks.config import FinetuneParams, Params, load_params
-from tasks.engine import (
-    ENGINE_KNOBS,
+from models.build import build_classifier, model_config
+from models.inference import pad_batch, predict_proba
+from tasks.lib import catalog
+from tasks.lib.common import read_json, run_stage, seed_everything
+from tasks.lib.config import FinetuneParams, Params, load_params
+from tasks.lib.engine import (
     Engine,
     all_reduce_sum,
-    barrier,
     broadcast_float,
     is_rank_zero,
     maybe_compile,
     micro_slices,
-    no_sync,
     relaunch_under_torchrun,
-    start_engine,
-    stop_engine,
     wrap_ddp,
 )
-from tasks.training import (
+from tasks.lib.training import (
+    Throughput,
+    TrainingRun,
     flops_per_token,
     length_bucketed_batches,
-    load_body_weights,
     load_weights,
-    measure_matmul_peak,
-    pad_batch,
-    restore_resume_state,
-    resume_meta,
-    run_fingerprint,
+    result_knobs,
     save_checkpoint,
-    save_resume_state,
     warmup_cosine,
 )
-
-DATA_DIR = Path("data/tokenized")
-PRETRAINED_DIR = Path("checkpoints/pretrained")
-OUT_DIR = Path("checkpoints/finetuned")
-RESUME_DIR = Path("checkpoints/.finetune-resume")  # not a DVC output: scratch state of an unfinished run
-
-
-@torch.no_grad()
-def predict_proba(model: nn.Module, sequences: list[list[int]], device, batch_size: int = 128) -> np.ndarray:
-    """Class probabilities, in input order (batches are length-sorted for speed, then restored)."""
-    model.eval()
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    out = np.zeros((len(sequences), model.head.out_features), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        ids, mask = pad_batch([sequences[i] for i in idx])
-        logits = model(ids.to(device), mask.to(device))
-        out[idx] = F.softmax(logits.float(), dim=-1).cpu().numpy()
-    return out
 
 
 def build(params: Params, n_classes: int, pretrained_dir: Path) -> tuple[nn.Module, dict]:
     """The classifier for the pretrained checkpoint's network, its body loaded unless init is scratch."""
     # The pretrained network, with fine-tuning's own dropout.
-    config = {**read_json(pretrained_dir / "checkpoint.json")["model_config"], "dropout": params.finetune.dropout}
+    config = {**read_json(pretrained_dir / catalog.META)["model_config"], "dropout": params.finetune.dropout}
     model = build_classifier(config, n_classes, head_dropout=params.finetune.dropout)
     if params.finetune.init == "pretrained":
-        load_body_weights(pretrained_dir / "model.safetensors", model.body)
+        load_weights(pretrained_dir, model.body, catalog.BODY_WEIGHTS)
     return model, config
 
 
 def load_classifier(directory: Path) -> tuple[nn.Module, list[str]]:
     """A fine-tuned classifier and its labels, from the checkpoint this stage writes."""
-    meta = read_json(directory / "checkpoint.json")
+    meta = read_json(directory / catalog.META)
     model = build_classifier(meta["model_config"], len(meta["labels"]))
     load_weights(directory, model)
     return model, meta["labels"]
@@ -117,25 +90,39 @@ def unfreeze_top(model: nn.Module, k: int) -> None:
             p.requires_grad_(i >= len(layers) - k)
 
 
-def fingerprint(params: Params, labels: list[str], data_dir: Path, pretrained_dir: Path) -> str:
-    knobs = {"seed": params.seed, "labels": labels, "finetune": params.finetune.model_dump(exclude=ENGINE_KNOBS)}
-    return run_fingerprint(knobs, data_dir / "train", data_dir / "validation", pretrained_dir)
+def knobs(params: Params, labels: list[str]) -> dict:
+    return {"seed": params.seed, "labels": labels, "finetune": result_knobs(params.finetune)}
 
 
-def resumable_run_id(params: Params, resume_dir: Path = RESUME_DIR) -> str | None:
-    """The MLflow run a killed fine-tuning left behind, if its saved state fits these params."""
-    meta = resume_meta(resume_dir, fingerprint(params, params.ingest.labels, DATA_DIR, PRETRAINED_DIR))
-    return meta.get("mlflow_run_id") if meta else None
+def inputs_of(data_dir: Path, pretrained_dir: Path) -> list[Path]:
+    return [data_dir / "train", data_dir / "validation", pretrained_dir]
+
+
+def classification_loss(model, batch) -> torch.Tensor:
+    ids, mask, y = batch
+    return F.cross_entropy(model(ids, mask).float(), y)
+
+
+def micro_batches(idx, train_ids, train_y, engine: Engine, accum: int, pad_id: int):
+    """This rank's micro-batches of the global batch `idx` (each weighted by its share of the
+    rows), and the real tokens in them."""
+    parts, tokens, device = [], 0, engine.device
+    for s in micro_slices(len(idx), engine, accum):
+        rows = idx[s]
+        ids, mask = pad_batch([train_ids[r] for r in rows], pad_id)
+        parts.append(((ids.to(device), mask.to(device), train_y[rows].to(device)), len(rows) / len(idx)))
+        tokens += int(mask.sum())
+    return parts, tokens
 
 
 def finetune(
     params: Params,
     labels: list[str],
-    data_dir: Path = DATA_DIR,
-    pretrained_dir: Path = PRETRAINED_DIR,
-    out_dir: Path = OUT_DIR,
+    data_dir: Path = catalog.TOKENIZED,
+    pretrained_dir: Path = catalog.PRETRAINED,
+    out_dir: Path = catalog.FINETUNED,
     log=lambda metrics, step: None,
-    resume_dir: Path = RESUME_DIR,
+    resume_dir: Path = catalog.FINETUNE_RESUME,
     run_id: str | None = None,
 ) -> dict:
     """Train the classifier; after every epoch the whole state goes to `resume_dir`, so a
@@ -144,158 +131,102 @@ def finetune(
 
     f = params.finetune
     seed_everything(params.seed)
-    run_key = fingerprint(params, labels, data_dir, pretrained_dir)
-    saved = resume_meta(resume_dir, run_key)
-    engine = start_engine(f, threads=saved and saved.get("threads"))
-    device = engine.device
+    run = TrainingRun(f, knobs(params, labels), inputs_of(data_dir, pretrained_dir), resume_dir, run_id)
     train = datasets.load_from_disk(str(data_dir / "train"))
     val = datasets.load_from_disk(str(data_dir / "validation"))
     train_ids, train_y = train["input_ids"], torch.tensor(train["label"])
     val_ids, val_y = val["input_ids"], np.array(val["label"])
     model, config = build(params, len(labels), pretrained_dir)
-    model.to(device)
-    n_groups = len(model.layer_groups())
+    model.to(run.engine.device)
+    n_groups, pad_id = len(model.layer_groups()), model_config(config).pad_id
     gen = torch.Generator().manual_seed(params.seed)
     lengths = [len(s) for s in train_ids]
-    steps_per_epoch = -(-len(train_ids) // f.batch_size)
-    total = steps_per_epoch * f.max_epochs
+    total = -(-len(train_ids) // f.batch_size) * f.max_epochs
     optimizer = torch.optim.AdamW(param_groups(model, f), lr=f.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(int(f.warmup_ratio * total), total))
-    flops_tok = flops_per_token(model, model_config(config), int(np.mean(lengths)))
-    peak = measure_matmul_peak(device, torch.bfloat16 if engine.bf16 else torch.float32)
+    meter = Throughput(flops_per_token(model, model_config(config), int(np.mean(lengths))), run.engine)
     best = {"val_macro_f1": -1.0, "epoch": 0, "state": None}
     history, step, bad_epochs, first_epoch, wall = [], 0, 0, 1, 0.0
-    if saved:
-        meta, tensors = restore_resume_state(resume_dir, model, optimizer, schedule, gen)
+    if saved := run.restore(model, optimizer, schedule, gen):
+        meta, tensors = saved
         history, step, bad_epochs, wall = meta["history"], meta["step"], meta["bad_epochs"], meta["wall_s"]
         best = {**meta["best"], "state": {k.removeprefix("best."): v for k, v in tensors.items()}}
         first_epoch = meta["epoch"] + 1
-        if engine.is_main:
+        if run.is_main:
             print(f"finetune: resuming after epoch {meta['epoch']} ({resume_dir})")
     maybe_compile(model.body, f.compile)
-    if engine.is_main:
-        print(f"finetune: {config['arch']} classifier, init {f.init}, {json.dumps(engine.describe())}")
+    if run.is_main:
+        print(f"finetune: {config['arch']} classifier, init {f.init}, {json.dumps(run.engine.describe())}")
     start = time.perf_counter() - wall
     for epoch in range(first_epoch, f.max_epochs + 1):
         unfreeze_top(model, epoch if f.gradual_unfreeze else n_groups)
-        train_model = wrap_ddp(model, engine)  # re-wrapped: DDP syncs only what trains now
+        train_model = wrap_ddp(model, run.engine)  # re-wrapped: DDP syncs only what trains now
         model.train()
         epoch_start, tokens, loss_sum, n_batches = time.perf_counter(), 0, 0.0, 0
         batches = length_bucketed_batches(lengths, f.batch_size, gen)
         desc = f"finetune epoch {epoch}/{f.max_epochs}"
-        for idx in tqdm(batches, desc=desc, unit="batch", mininterval=5, disable=not engine.is_main):
-            if len(idx) < engine.world * f.grad_accum_steps:
+        for idx in tqdm(batches, desc=desc, unit="batch", mininterval=5, disable=not run.is_main):
+            if len(idx) < run.engine.world * f.grad_accum_steps:
                 continue  # a tail batch too small to give every micro-batch a row
-            loss, n_tokens = _train_step(train_model, optimizer, idx, train_ids, train_y, f, engine)
+            parts, n_tokens = micro_batches(idx, train_ids, train_y, run.engine, f.grad_accum_steps, pad_id)
+            loss = run.step(train_model, optimizer, parts, classification_loss, f.grad_clip)
             schedule.step()
-            step, n_batches = step + 1, n_batches + 1
-            tokens += n_tokens
-            loss_sum += loss
-        tps = all_reduce_sum(tokens, engine) / (time.perf_counter() - epoch_start)
-        val_f1, val_acc = _validate(model, val_ids, val_y, engine)
-        row = {
-            "epoch": epoch,
-            "train_loss": loss_sum / max(n_batches, 1),
-            "val_macro_f1": val_f1,
-            "val_accuracy": val_acc,
-            "tokens_per_s": tps,
-            "mfu": tps / engine.world * flops_tok / peak,
-        }
+            step, n_batches, tokens, loss_sum = step + 1, n_batches + 1, tokens + n_tokens, loss_sum + loss
+        tps = all_reduce_sum(tokens, run.engine) / (time.perf_counter() - epoch_start)
+        val_f1, val_acc = _validate(model, val_ids, val_y, run)
+        row = {"epoch": epoch, "train_loss": loss_sum / max(n_batches, 1), "val_macro_f1": val_f1,
+               "val_accuracy": val_acc, "tokens_per_s": tps, "mfu": meter.mfu(tps)}  # fmt: skip
         history.append(row)
-        if engine.is_main:
+        if run.is_main:
             log({k: v for k, v in row.items() if k != "epoch"}, epoch)
             print(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val macro-F1 {val_f1:.4f}, {tps:,.0f} tokens/s")
         if val_f1 > best["val_macro_f1"]:
-            best = {
-                "val_macro_f1": val_f1,
-                "epoch": epoch,
-                "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            }
+            best = {"val_macro_f1": val_f1, "epoch": epoch,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}  # fmt: skip
             bad_epochs = 0
         else:
             bad_epochs += 1
             if bad_epochs >= f.patience:
-                if engine.is_main:
+                if run.is_main:
                     print(f"early stop: no gain in validation macro-F1 for {f.patience} epoch(s)")
                 break
-        if engine.is_main and epoch < f.max_epochs:
-            meta = {
-                "fingerprint": run_key,
-                "mlflow_run_id": run_id,
-                "threads": engine.threads,
-                "epoch": epoch,
-                "step": step,
-                "bad_epochs": bad_epochs,
-                "wall_s": time.perf_counter() - start,
-                "history": history,
-                "best": {k: v for k, v in best.items() if k != "state"},
-            }
+        if epoch < f.max_epochs:
+            meta = {"epoch": epoch, "step": step, "bad_epochs": bad_epochs, "wall_s": time.perf_counter() - start,
+                    "history": history, "best": {k: v for k, v in best.items() if k != "state"}}  # fmt: skip
             best_tensors = {f"best.{k}": v.contiguous() for k, v in best["state"].items()}
-            save_resume_state(resume_dir, model, optimizer, schedule, gen, meta, best_tensors)
+            run.save_resume(model, optimizer, schedule, gen, meta, best_tensors)
     model.load_state_dict(best["state"])
-    summary = {
-        "best_val_macro_f1": best["val_macro_f1"],
-        "best_epoch": best["epoch"],
-        "epochs_run": len(history),
-        "wall_s": time.perf_counter() - start,
-        "steps": step,
-    }
-    if engine.is_main:
-        meta = {
-            "model_config": config,
-            "labels": labels,
-            "init": f.init,
-            "finetune": f.model_dump(),
-            "engine": engine.describe(),
-            "seed": params.seed,
-            "mlflow_run_id": run_id,
-            "history": history,
-            **summary,
-        }
-        with atomic_dir(out_dir) as tmp:
-            save_checkpoint(tmp, model.cpu(), meta)
-        shutil.rmtree(resume_dir, ignore_errors=True)
-    barrier(engine)
-    stop_engine(engine)
+    summary = {"best_val_macro_f1": best["val_macro_f1"], "best_epoch": best["epoch"], "epochs_run": len(history),
+               "wall_s": time.perf_counter() - start, "steps": step}  # fmt: skip
+    meta = {"model_config": config, "labels": labels, "init": f.init, "finetune": f.model_dump(),
+            "seed": params.seed, "history": history, **summary}  # fmt: skip
+    run.finish(out_dir, meta, lambda folder, meta: save_checkpoint(folder, model.cpu(), meta))
     return summary
 
 
-def _train_step(model, optimizer, idx, train_ids, train_y, f: FinetuneParams, engine: Engine) -> tuple[float, int]:
-    """One optimizer step on this rank's micro-batches of the global batch `idx`; returns the
-    global batch's mean loss and this rank's real tokens. Micro-batch losses are weighted by
-    their share of the global batch, so accumulation and DDP match one big batch."""
-    optimizer.zero_grad(set_to_none=True)
-    slices = micro_slices(len(idx), engine, f.grad_accum_steps)
-    local, tokens = 0.0, 0
-    for i, part in enumerate(slices):
-        rows = idx[part]
-        ids, mask = pad_batch([train_ids[r] for r in rows])
-        with no_sync(model, i == len(slices) - 1), engine.autocast():
-            logits = model(ids.to(engine.device), mask.to(engine.device))
-            loss = F.cross_entropy(logits.float(), train_y[rows].to(engine.device))
-        share = len(rows) / len(idx)
-        (loss * share * engine.world).backward()
-        local += loss.item() * share
-        tokens += int(mask.sum())
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], f.grad_clip)
-    optimizer.step()
-    return all_reduce_sum(local, engine), tokens
-
-
-def _validate(model, val_ids, val_y, engine: Engine) -> tuple[float, float]:
+def _validate(model, val_ids, val_y, run: TrainingRun) -> tuple[float, float]:
     """Rank 0 scores the validation split; every rank gets its numbers, so all stop together."""
     f1 = acc = 0.0
-    if engine.is_main:
-        with engine.autocast():
-            pred = predict_proba(model, val_ids, engine.device).argmax(1)
+    if run.is_main:
+        with run.engine.autocast():
+            pred = predict_proba(model, val_ids, run.engine.device).argmax(1)
         f1, acc = float(f1_score(val_y, pred, average="macro")), float((pred == val_y).mean())
-    return broadcast_float(f1, engine), broadcast_float(acc, engine)
+    return broadcast_float(f1, run.engine), broadcast_float(acc, run.engine)
+
+
+def resumable_run_id(params: Params, resume_dir: Path = catalog.FINETUNE_RESUME) -> str | None:
+    """The MLflow run a killed fine-tuning left behind, if its saved state fits these params."""
+    from tasks.lib.training import resume_meta, run_fingerprint
+
+    inputs = inputs_of(catalog.TOKENIZED, catalog.PRETRAINED)
+    meta = resume_meta(resume_dir, run_fingerprint(knobs(params, params.ingest.labels), *inputs))
+    return meta.get("mlflow_run_id") if meta else None
 
 
 def main() -> None:
     import mlflow
 
-    from tasks.tracking import stage_run
+    from tasks.lib.tracking import stage_run
 
     params = load_params()
     relaunch_under_torchrun(params.finetune.nproc_per_node, "tasks.finetune")

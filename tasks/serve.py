@@ -158,13 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
     import uvicorn
 
-    from tasks.common import apply_env_defaults
+    from tasks.lib.common import apply_env_defaults
+    from tasks.lib.registry import load_errors
 
     apply_env_defaults()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         model = mlflow.pyfunc.load_model(args.model_uri)
-    except Exception as err:
+    except load_errors() as err:
         message = " ".join((getattr(err, "message", None) or str(err)).split())[:500]
         print(f"error: cannot load {args.model_uri}: {message}", file=sys.stderr)
         return 1

@@ -13,15 +13,13 @@ from pathlib import Path
 import pandas as pd
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from tasks.common import StageError, atomic_dir, run_stage, write_json_atomic
-from tasks.config import TokenizeParams, load_params
-from tasks.ingest import SPLITS, expand_path
+from models.inference import encode
+from tasks.lib import catalog
+from tasks.lib.common import StageError, atomic_dir, run_stage, write_json_atomic
+from tasks.lib.config import TokenizeParams, load_params
+from tasks.lib.sources import expand_path
+from tasks.lib.vocab import SPECIAL_TOKENS
 
-IN_DIR = Path("data/validated")
-OUT_DIR = Path("data/tokenized")
-TOKENIZER_DIR = Path("checkpoints/tokenizer")
-# Fixed ids, so models can rely on pad_id == 0 and find [MASK] without a lookup.
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 URL_PATTERN = r"https?://\S+"
 
 
@@ -68,10 +66,6 @@ def train_tokenizer(texts: list[str], cfg: TokenizeParams) -> Tokenizer:
     return tok
 
 
-def encode(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
-    return [e.ids for e in tok.encode_batch(texts)]
-
-
 def clean_extra_line(line: str) -> str | None:
     """One document of an extra corpus, or None for a blank line or a heading. Undoes
     WikiText's conventions: " @-@ " for a hyphen inside a word, " @,@ " / " @.@ " inside
@@ -96,16 +90,12 @@ def read_extra_text(paths: list[str]) -> list[str]:
     return docs
 
 
-def tokenize(
-    cfg: TokenizeParams,
-    labels: list[str],
-    in_dir: Path = IN_DIR,
-    out_dir: Path = OUT_DIR,
-    tokenizer_dir: Path = TOKENIZER_DIR,
-) -> dict:
+def tokenize(cfg: TokenizeParams, labels: list[str], root: Path = Path(".")) -> dict:
+    """Read `root`'s validated splits; write its tokenized splits and tokenizer."""
     import datasets
 
-    splits = {s: pd.read_parquet(in_dir / f"{s}.parquet") for s in SPLITS}
+    out_dir, tokenizer_dir = catalog.at(root, catalog.TOKENIZED), catalog.at(root, catalog.TOKENIZER)
+    splits = {s: pd.read_parquet(catalog.at(root, catalog.split_file(s))) for s in catalog.SPLITS}
     tok = train_tokenizer(splits["train"]["text"].tolist(), cfg)
     label_ids = {name: i for i, name in enumerate(labels)}
     stats = {"vocab_size": tok.get_vocab_size()}
@@ -122,17 +112,17 @@ def tokenize(
             whole = Tokenizer.from_str(tok.to_str())  # documents are packed for pretraining: never cut
             whole.no_truncation()
             ids = encode(whole, docs)
-            datasets.Dataset.from_dict({"input_ids": ids}).save_to_disk(str(tmp / "extra"))
+            datasets.Dataset.from_dict({"input_ids": ids}).save_to_disk(str(tmp / catalog.EXTRA_TOKENS.name))
             stats |= {"extra_documents": len(docs), "extra_tokens": sum(len(x) for x in ids)}
-        write_json_atomic(tmp / "stats.json", stats)
+        write_json_atomic(tmp / catalog.TOKEN_STATS.name, stats)
     with atomic_dir(tokenizer_dir) as tmp:
-        tok.save(str(tmp / "tokenizer.json"))
-        write_json_atomic(tmp / "labels.json", labels)
+        tok.save(str(tmp / catalog.TOKENIZER_FILE.name))
+        write_json_atomic(tmp / catalog.LABELS_FILE.name, labels)
     return stats
 
 
 def main() -> None:
-    from tasks.tracking import stage_run
+    from tasks.lib.tracking import stage_run
 
     params = load_params()
     with stage_run("tokenize", {"tokenize": params.tokenize.model_dump()}):

@@ -8,7 +8,7 @@
 3. Class balance, and drift against the last accepted version of the same source.
 
 The report is written first, pass or fail. Only when every check holds is the accepted
-version published to data/validated/ (splits, quarantine.parquet, profile.json), which is
+version published to data/validated/ (splits, quarantine.parquet, snapshot.json), which is
 what tokenize reads: a failed gate leaves the previous accepted data, and everything
 downstream of it, untouched.
 """
@@ -21,15 +21,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.common import StageError, atomic_dir, read_json, run_stage, write_json_atomic
-from tasks.config import Params, load_params
-from tasks.contract import DAMAGE_REGEX, profile, profile_checks, quarantine
-from tasks.ingest import SPLITS
-from tasks.textclean import normalise
+from tasks.lib import catalog
+from tasks.lib.catalog import SPLITS, split_file
+from tasks.lib.common import StageError, atomic_dir, read_json, run_stage, write_json_atomic
+from tasks.lib.config import Params, load_params
+from tasks.lib.contract import DAMAGE_REGEX, quarantine, snapshot, snapshot_checks
+from tasks.lib.textclean import normalise
 
-RAW_DIR = Path("data/raw")
-OUT_DIR = Path("data/validated")
-REPORT_DIR = Path("reports/validation")
+RESULTS = "results.json"  # inside the report folder: the verdict the flow publishes
 HINT = " Undecodable bytes usually mean the file is not UTF-8: set ingest.encoding (e.g. cp1252 or latin-1)."
 
 
@@ -49,10 +48,10 @@ class Check:
 
 
 def load_splits(raw_dir: Path) -> dict[str, pd.DataFrame]:
-    missing = [s for s in SPLITS if not (raw_dir / f"{s}.parquet").exists()]
+    missing = [s for s in SPLITS if not split_file(s, raw_dir).exists()]
     if missing:
         raise StageError(f"{raw_dir}: split(s) {missing} missing; run the ingest stage first")
-    return {s: pd.read_parquet(raw_dir / f"{s}.parquet") for s in SPLITS}
+    return {s: pd.read_parquet(split_file(s, raw_dir)) for s in SPLITS}
 
 
 def with_derived_columns(splits: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -226,19 +225,22 @@ def markdown_summary(results: dict, report: Path) -> str:
 
 
 def validate(
-    params: Params, raw_dir: Path = RAW_DIR, out_dir: Path = OUT_DIR, report_dir: Path = REPORT_DIR
+    params: Params,
+    raw_dir: Path = catalog.RAW,
+    out_dir: Path = catalog.VALIDATED,
+    report_dir: Path = catalog.VALIDATION_REPORT,
 ) -> list[Check]:
     v, labels = params.validate_, params.ingest.labels
     splits = load_splits(raw_dir)
-    stats_file = raw_dir / "ingest_stats.json"
+    stats_file = raw_dir / catalog.INGEST_STATS.name
     ingest_stats = read_json(stats_file) if stats_file.exists() else {}
     accepted, quarantined = quarantine(splits, v, labels)
     total = sum(len(df) for df in splits.values())
     share = len(quarantined) / max(total, 1)
     checks = run_suite(params, with_derived_columns(accepted))
-    new_profile = profile(accepted, ingest_stats.get("source", params.ingest.source))
-    old_file = out_dir / "profile.json"
-    old_profile = read_json(old_file) if old_file.exists() else None
+    new_snapshot = snapshot(accepted, ingest_stats.get("source", params.ingest.source))
+    old_file = out_dir / catalog.SNAPSHOT.name
+    old_snapshot = read_json(old_file) if old_file.exists() else None
     contract = [
         {
             "check": "quarantined rows share",
@@ -248,12 +250,12 @@ def validate(
             "limit": f"<= {v.max_quarantine_share}",
             "success": share <= v.max_quarantine_share,
         }
-    ] + profile_checks(new_profile, old_profile, v, labels)
+    ] + snapshot_checks(new_snapshot, old_snapshot, v, labels)
     summary = quarantine_summary(quarantined)
     with atomic_dir(report_dir) as tmp:
-        (tmp / "index.html").write_text(render_report(checks, contract, summary, ingest_stats))
+        (tmp / catalog.REPORT_PAGE).write_text(render_report(checks, contract, summary, ingest_stats))
         write_json_atomic(
-            tmp / "results.json",
+            tmp / RESULTS,
             {
                 "success": all(c.success for c in checks) and all(c["success"] for c in contract),
                 "quarantined_rows": len(quarantined),
@@ -272,37 +274,38 @@ def validate(
             f"{f' and {len(failed) - 8} more' if len(failed) > 8 else ''}."
             f"{f' Quarantined rows by reason: {reasons}.' if reasons else ''}"
             f"{HINT if any(q['reason'].startswith('undecodable') for q in summary) else ''}"
-            f" Nothing downstream was touched. Report: {report_dir / 'index.html'}"
+            f" Nothing downstream was touched. Report: {report_dir / catalog.REPORT_PAGE}"
         )
     with atomic_dir(out_dir) as tmp:
         for name, df in accepted.items():
-            df.to_parquet(tmp / f"{name}.parquet", index=False)
-        quarantined.to_parquet(tmp / "quarantine.parquet", index=False)
-        write_json_atomic(tmp / "profile.json", new_profile)
+            df.to_parquet(split_file(name, tmp), index=False)
+        quarantined.to_parquet(tmp / catalog.QUARANTINE.name, index=False)
+        write_json_atomic(tmp / catalog.SNAPSHOT.name, new_snapshot)
     return checks
 
 
 def main() -> None:
-    from tasks.tracking import stage_run
+    from tasks.lib.tracking import stage_run
 
     params = load_params()
     section = {"validate": params.validate_.model_dump(), "labels": params.ingest.labels}
+    report = catalog.VALIDATION_REPORT
     with stage_run("validate", section):
         import mlflow
 
         try:
             checks = validate(params)
         finally:
-            if (REPORT_DIR / "index.html").exists():
-                mlflow.log_artifacts(str(REPORT_DIR), "validation")
-        results = read_json(REPORT_DIR / "results.json")
+            if (report / catalog.REPORT_PAGE).exists():
+                mlflow.log_artifacts(str(report), "validation")
+        results = read_json(report / RESULTS)
         mlflow.log_metrics(
             {"expectations_passed": sum(c.success for c in checks), "quarantined_rows": results["quarantined_rows"]}
         )
-        mlflow.set_tag("data_report", str(REPORT_DIR / "index.html"))
+        mlflow.set_tag("data_report", str(report / catalog.REPORT_PAGE))
     print(
         f"validate: {len(checks)} expectations passed, {results['quarantined_rows']} of {results['rows']} rows "
-        f"quarantined; report {REPORT_DIR / 'index.html'}"
+        f"quarantined; report {report / catalog.REPORT_PAGE}"
     )
 
 

@@ -142,8 +142,8 @@ def tiny_corpus_params(**overrides) -> dict:
 @pytest.fixture
 def tokenized(workdir):
     """The tiny corpus through ingest, validate and tokenize; returns its params."""
-    from tasks.config import load_params
     from tasks.ingest import ingest
+    from tasks.lib.config import load_params
     from tasks.tokenize import tokenize
     from tasks.validate import validate
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from tasks.common import StageError, read_json
-from tasks.config import ParamsError, load_params
 from tasks.ingest import ingest
+from tasks.lib.common import StageError, read_json
+from tasks.lib.config import ParamsError, load_params
 from tasks.validate import validate
 
 from .conftest import tiny_frame, tiny_params

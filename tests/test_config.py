@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from tasks.config import ParamsError, load_params, parse_params
+from tasks.lib.config import ParamsError, load_params, parse_params
 
 from .conftest import ROOT, tiny_params
 

@@ -92,7 +92,7 @@ def test_another_clone_pulls_exactly_the_accepted_data(project, tmp_path):
     _run(["git", "clone", "-q", str(proj), str(clone)], tmp_path, env)
     _run(["dvc", "remote", "modify", "--local", "local", "url", str(proj / ".dvc-remote")], clone, env)
     _run(["dvc", "pull", "-q", "data/validated"], clone, env)
-    for name in ("train.parquet", "test.parquet", "profile.json", "quarantine.parquet"):
+    for name in ("train.parquet", "test.parquet", "snapshot.json", "quarantine.parquet"):
         assert (clone / "data/validated" / name).read_bytes() == (proj / "data/validated" / name).read_bytes()
     import mlflow
 

@@ -10,11 +10,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tasks.common import read_json
-from tasks.config import load_params
-from tasks.engine import Engine, choose_threads, micro_slices
 from tasks.finetune import finetune, param_groups
 from tasks.ingest import ingest
+from tasks.lib.common import read_json
+from tasks.lib.config import load_params
+from tasks.lib.engine import Engine, choose_threads, micro_slices
 from tasks.pretrain import pretrain
 from tasks.tokenize import tokenize
 from tasks.validate import validate
@@ -93,15 +93,19 @@ def test_two_process_ddp_on_gloo_matches_one_process(workdir):
 def _sgd_steps(rank: int, world: int, accum: int, init_file: str, out: str) -> None:
     """Two SGD steps (no clipping: SGD, unlike Adam, shows a wrong gradient scale) of each stage's
     `_train_step` on fixed batches; rank 0 saves the weights and the losses it reports."""
+    from dataclasses import replace
     from types import SimpleNamespace
 
     import torch.distributed as dist
     from safetensors.torch import save_file
 
-    from models import build_classifier, build_language_model
+    from models.build import build_classifier
     from tasks import finetune as ft
     from tasks import pretrain as pt
-    from tasks.engine import wrap_ddp
+    from tasks.lib.engine import wrap_ddp
+    from tasks.lib.training import optimizer_step
+
+    from .test_models import TOKENS, create
 
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -111,23 +115,26 @@ def _sgd_steps(rank: int, world: int, accum: int, init_file: str, out: str) -> N
     config = {"vocab_size": 40, "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "dropout": 0.0}
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    lm, clf = build_language_model(config), build_classifier(config, 2, head_dropout=0.0)
+    mlm = create("mlm", replace(TOKENS, vocab_size=40), 0.3)
+    lm, clf = mlm.language_model(config), build_classifier(config, 2, head_dropout=0.0)
     losses = []
-    for model, step in ((lm, pt._train_step), (clf, ft._train_step)):
+    for model in (lm, clf):
         ddp = wrap_ddp(model, engine)
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
         for _ in range(2):
             if model is lm:
                 rows = torch.randint(5, 40, (8, 12), generator=gen)
-                inputs, targets = pt.lm_batch(rows, "mlm", 40, gen, 0.3)
-                losses.append(step(ddp, opt, inputs, targets, knobs, engine))
+                inputs, targets = mlm.batch(rows, gen)
+                parts = pt.micro_batches(inputs, targets, engine, knobs.grad_accum_steps)
+                losses.append(optimizer_step(ddp, opt, parts, pt.lm_loss, knobs.grad_clip, engine))
             else:
                 seqs = [
                     torch.randint(5, 40, (int(n),), generator=gen).tolist()
                     for n in torch.randint(3, 12, (8,), generator=gen)
                 ]
                 labels = torch.randint(0, 2, (8,), generator=gen)
-                losses.append(step(ddp, opt, list(range(8)), seqs, labels, knobs, engine)[0])
+                parts, _ = ft.micro_batches(list(range(8)), seqs, labels, engine, knobs.grad_accum_steps, 0)
+                losses.append(optimizer_step(ddp, opt, parts, ft.classification_loss, knobs.grad_clip, engine))
     if rank == 0:
         weights = {f"lm.{k}": v for k, v in lm.state_dict().items()} | {
             f"clf.{k}": v for k, v in clf.state_dict().items()
@@ -152,17 +159,17 @@ def test_gradual_unfreezing_trains_only_the_head_in_the_first_epoch(workdir):
     pretrain(params)
     finetune(params, params.ingest.labels)
     before, after = _weights("checkpoints/pretrained"), _weights("checkpoints/finetuned")
-    body = [k for k in after if k.startswith("encoder.")]
+    body = [k for k in after if k.startswith("body.")]
     assert body and all(torch.equal(after[k], before[k]) for k in body)
     assert not torch.equal(after["head.weight"], torch.zeros_like(after["head.weight"]))
 
 
 def test_discriminative_learning_rates_shrink_toward_the_embeddings():
-    from models import build_classifier
-    from tasks.config import FinetuneParams
+    from models.build import build_classifier
 
     model = build_classifier({"vocab_size": 40, "arch": "lstm", "d_model": 8, "d_hidden": 8, "n_layers": 2}, 2)
-    groups = param_groups(model, FinetuneParams(lr=1.0, lr_decay=2.0))
+    knobs = load_params(ROOT / "params.yaml").finetune.model_copy(update={"lr": 1.0, "lr_decay": 2.0})
+    groups = param_groups(model, knobs)
     by_layer = {g["layer_group"]: g["lr"] for g in groups}
     assert by_layer == {0: 0.125, 1: 0.25, 2: 0.5, 3: 1.0}
     assert all(g["weight_decay"] == 0.0 for g in groups if any(p.dim() < 2 for p in g["params"]))

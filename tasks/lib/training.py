@@ -1,10 +1,21 @@
-"""What pretrain and finetune share: schedule, checkpoints, batching, throughput."""
+"""The training skeleton pretrain and finetune share: resume, engine, optimizer step,
+checkpoint, barrier; plus the schedule, batching and throughput helpers.
+
+A stage builds its model, optimizer and batches, then:
+
+    run = TrainingRun(section, knobs, inputs, resume_dir, run_id)   # engine + saved state
+    saved = run.restore(model, optimizer, schedule, gen)            # None: a fresh start
+    loss = run.step(model, optimizer, micro_batches, loss_of)       # every optimizer step
+    run.save_resume(model, optimizer, schedule, gen, meta, tensors) # every checkpoint
+    run.finish(out_dir, model, meta)                                # rank 0 writes; all stop
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -12,7 +23,9 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from tasks.common import StageError, atomic_dir, read_json, write_json_atomic
+from tasks.lib import catalog
+from tasks.lib.common import StageError, atomic_dir, read_json, write_json_atomic
+from tasks.lib.engine import ENGINE_KNOBS, Engine, all_reduce_sum, barrier, no_sync, start_engine, stop_engine
 
 
 def warmup_cosine(warmup: int, total: int, floor: float = 0.1):
@@ -32,19 +45,19 @@ def save_checkpoint(
 ) -> None:
     """Weights (and optimizer tensors) as safetensors, everything else as JSON: no pickle."""
     directory.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(directory / "model.safetensors"))
+    save_model(model, str(directory / catalog.WEIGHTS))
     if optimizer is not None:
         state = optimizer.state_dict()
         tensors = {f"{idx}.{name}": t.contiguous() for idx, s in state["state"].items() for name, t in s.items()}
-        save_file(tensors, str(directory / "optimizer.safetensors"))
+        save_file(tensors, str(directory / catalog.OPTIMIZER))
         meta = {**meta, "optimizer_param_groups": state["param_groups"]}
-    write_json_atomic(directory / "checkpoint.json", meta)
+    write_json_atomic(directory / catalog.META, meta)
 
 
 def load_optimizer_state(directory: Path, optimizer: torch.optim.Optimizer) -> None:
-    meta = read_json(directory / "checkpoint.json")
+    meta = read_json(directory / catalog.META)
     state: dict = {}
-    for key, tensor in load_file(str(directory / "optimizer.safetensors")).items():
+    for key, tensor in load_file(str(directory / catalog.OPTIMIZER)).items():
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = tensor
     optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
@@ -62,7 +75,7 @@ def run_fingerprint(knobs: dict, *folders: Path) -> str:
 
 def resume_meta(directory: Path, fingerprint: str) -> dict | None:
     """The saved state's metadata, only if it belongs to the run with this fingerprint."""
-    meta_file = directory / "checkpoint.json"
+    meta_file = directory / catalog.META
     meta = read_json(meta_file) if meta_file.exists() else None
     return meta if meta and meta.get("fingerprint") == fingerprint else None
 
@@ -81,7 +94,7 @@ def save_resume_state(directory: Path, model, optimizer, schedule, gen, meta: di
 
 def restore_resume_state(directory: Path, model, optimizer, schedule, gen) -> tuple[dict, dict]:
     """Load what `save_resume_state` wrote; returns the loop's meta and its extra tensors."""
-    meta = read_json(directory / "checkpoint.json")
+    meta = read_json(directory / catalog.META)
     load_weights(directory, model)
     load_optimizer_state(directory, optimizer)
     schedule.load_state_dict({**meta["schedule"], "lr_lambdas": [None] * len(optimizer.param_groups)})
@@ -91,31 +104,18 @@ def restore_resume_state(directory: Path, model, optimizer, schedule, gen) -> tu
     return meta, tensors
 
 
-def load_weights(directory: Path, model: nn.Module, strict: bool = True) -> None:
-    path = directory / "model.safetensors"
+def load_weights(directory: Path, model: nn.Module, name: str = catalog.WEIGHTS) -> None:
+    path = directory / name
     if not path.exists():
         raise StageError(f"{path} not found: run the stage that writes it first")
-    load_model(model, str(path), strict=strict)
-
-
-def load_body_weights(path: Path, body: nn.Module) -> None:
-    """Copy a pretrained LM's body (`encoder.*` or `body.*` tensors) into a classifier's body."""
-    weights = load_file(str(path))
-    state = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("encoder.") or k.startswith("body.")}
-    missing, unexpected = body.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    try:
+        load_model(model, str(path))
+    except RuntimeError as err:  # missing or unexpected tensors, or other shapes
+        first = str(err).splitlines()[0]
         raise StageError(
-            f"{path} does not fit the model in params.yaml (missing {missing[:3]}, unexpected {unexpected[:3]}); "
-            "re-run pretrain after changing the model section"
-        )
-
-
-def pad_batch(seqs: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return ids, ids != pad_id
+            f"{path} does not fit the model in params.yaml ({first}); re-run the stage that wrote it "
+            "after changing the model section"
+        ) from None
 
 
 def length_bucketed_batches(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
@@ -168,3 +168,79 @@ def measure_matmul_peak(
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+class TrainingRun:
+    """One stage's training run: the engine, the resume state that belongs to exactly this run
+    (same result-changing knobs and input files), and the steps every loop shares."""
+
+    def __init__(self, section, knobs: dict, inputs: list[Path], resume_dir: Path, run_id: str | None):
+        self.fingerprint = run_fingerprint(knobs, *inputs)
+        self.resume_dir, self.run_id = resume_dir, run_id
+        self.saved = resume_meta(resume_dir, self.fingerprint)
+        # A resumed run keeps its thread count: the count changes float rounding.
+        self.engine: Engine = start_engine(section, threads=self.saved and self.saved.get("threads"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.engine.is_main
+
+    def restore(self, model, optimizer, schedule, gen) -> tuple[dict, dict] | None:
+        """The saved loop state (meta, extra tensors) loaded into these objects, or None."""
+        if not self.saved:
+            return None
+        return restore_resume_state(self.resume_dir, model, optimizer, schedule, gen)
+
+    def save_resume(self, model, optimizer, schedule, gen, meta: dict, tensors: dict) -> None:
+        if self.is_main:
+            meta = {**meta, "fingerprint": self.fingerprint, "mlflow_run_id": self.run_id, "threads": self.engine.threads}
+            save_resume_state(self.resume_dir, model, optimizer, schedule, gen, meta, tensors)
+
+    def step(self, model, optimizer, micro_batches: list[tuple[object, float]], loss_of, grad_clip: float) -> float:
+        return optimizer_step(model, optimizer, micro_batches, loss_of, grad_clip, self.engine)
+
+    def finish(self, out_dir: Path, meta: dict, save) -> None:
+        """Rank 0 writes the stage's output through `save(folder)` and drops the resume
+        state; every rank then waits for it and leaves the process group."""
+        if self.is_main:
+            meta = {**meta, "engine": self.engine.describe(), "mlflow_run_id": self.run_id}
+            with atomic_dir(out_dir) as tmp:
+                save(tmp, meta)
+            shutil.rmtree(self.resume_dir, ignore_errors=True)
+        barrier(self.engine)
+        stop_engine(self.engine)
+
+
+def optimizer_step(model, optimizer, micro_batches: list[tuple[object, float]], loss_of, grad_clip: float,
+                   engine: Engine) -> float:  # fmt: skip
+    """One optimizer step over this rank's micro-batches of a global batch, each given with
+    its share of the global batch; returns the global batch's mean loss. Weighting each
+    micro-batch's loss by its share makes accumulation and DDP give the gradient of the one
+    big batch."""
+    optimizer.zero_grad(set_to_none=True)
+    local = 0.0
+    for i, (batch, share) in enumerate(micro_batches):
+        with no_sync(model, i == len(micro_batches) - 1), engine.autocast():
+            loss = loss_of(model, batch)
+        # DDP averages gradients over ranks; the shares already sum to one over all ranks.
+        (loss * share * engine.world).backward()
+        local += loss.item() * share
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+    optimizer.step()
+    return all_reduce_sum(local, engine)
+
+
+def result_knobs(section, *exclude: str) -> dict:
+    """A section's knobs that change what training computes (not how it runs, not its logging)."""
+    return section.model_dump(exclude=ENGINE_KNOBS | set(exclude))
+
+
+class Throughput:
+    """Tokens per second and MFU against the matmul peak measured on this device now."""
+
+    def __init__(self, flops_per_token: float, engine: Engine):
+        self.flops_per_token, self.world = flops_per_token, engine.world
+        self.peak = measure_matmul_peak(engine.device, torch.bfloat16 if engine.bf16 else torch.float32)
+
+    def mfu(self, tokens_per_s: float) -> float:
+        return tokens_per_s / self.world * self.flops_per_token / self.peak

@@ -36,7 +36,7 @@ class StageError(RuntimeError):
 
 def run_stage(main) -> None:
     """Entry point wrapper: StageError and ParamsError exit 1 with their message only."""
-    from tasks.config import ParamsError
+    from tasks.lib.config import ParamsError
 
     apply_env_defaults()  # `dvc repro` runs stages straight from a shell, not via the flow
     try:

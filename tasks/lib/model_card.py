@@ -6,9 +6,8 @@ Markdown, so it reads the same as the version's description in the MLflow UI, as
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from tasks.common import read_json
+from tasks.lib import catalog
+from tasks.lib.common import read_json
 
 
 def _row(name: str, ours: dict, base: dict) -> str:
@@ -43,7 +42,7 @@ def render(
     metrics: dict,
     finetuned: dict,
     pretrained: dict | None,
-    profile: dict,
+    snapshot: dict,
     lineage: dict,
     tokenize_max_length: int,
 ) -> str:
@@ -60,7 +59,7 @@ def render(
         )
     else:
         how = f"{arch} ({shape}), fine-tuned"
-    rows = ", ".join(f"{k} {v:,}" for k, v in profile.get("rows", {}).items())
+    rows = ", ".join(f"{k} {v:,}" for k, v in snapshot.get("rows", {}).items())
     per_class = "\n".join(
         f"| {c} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {b['per_class'][c]['f1']:.3f} | {m['support']} |"
         for c, m in t["per_class"].items()
@@ -72,7 +71,7 @@ Text classifier over {len(finetuned["labels"])} labels: {", ".join(f"`{x}`" for 
 Input: raw strings; output: a label and one probability per class.
 
 ## Data
-- Source: {profile.get("source", "unknown")}
+- Source: {snapshot.get("source", "unknown")}
 - Rows after validation: {rows}
 - Data version (DVC md5 of `data/validated`): `{lineage["data_hash"]}`; restore it with
   `{lineage["restore_data"]}`
@@ -100,14 +99,14 @@ Baseline: TF-IDF (word 1–2-grams + char 2–5-grams) + logistic regression on 
 
 
 def render_from_workspace(name: str, version: str, lineage: dict, tokenize_max_length: int) -> str:
-    pretrained_meta = Path("checkpoints/pretrained/checkpoint.json")
+    pretrained_meta = catalog.PRETRAINED / catalog.META
     return render(
         name,
         version,
-        read_json("reports/metrics.json"),
-        read_json("checkpoints/finetuned/checkpoint.json"),
+        read_json(catalog.METRICS),
+        read_json(catalog.FINETUNED / catalog.META),
         read_json(pretrained_meta) if pretrained_meta.exists() else None,
-        read_json("data/validated/profile.json") if Path("data/validated/profile.json").exists() else {},
+        read_json(catalog.SNAPSHOT) if catalog.SNAPSHOT.exists() else {},
         lineage,
         tokenize_max_length,
     )

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tasks.common import StageError, pick_device
+from tasks.lib.common import StageError, pick_device
 
 # Params that change how a stage runs, not what it computes: kept out of resume fingerprints.
 ENGINE_KNOBS = frozenset({"device", "precision", "compile", "threads", "grad_accum_steps", "nproc_per_node"})

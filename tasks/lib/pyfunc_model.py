@@ -3,37 +3,30 @@
 Logged as an MLflow "model from code": MLflow stores this file and runs it at load time
 instead of unpickling an object, and `models/` travels with it as code, so the model loads
 without this repository on the path. Weights load from safetensors: nothing is unpickled.
-Only `models/` may be imported here: `tasks/` does not travel with the model.
+Only `models/` may be imported here: `tasks/` does not travel with the model. Encoding and
+prediction are `models.inference`, the code `evaluate` scores the test split with.
 """
 
-import hashlib
 import json
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
-import torch
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 from safetensors.torch import load_model
 from tokenizers import Tokenizer
 
-from models import build_classifier
+from models.build import build_classifier
+from models.checksum import file_sha256
+from models.inference import encode, predict_proba
 
 TEXT_COLUMN = "text"
 
 
 class ModelLoadError(RuntimeError):
     """The model's artifacts are missing or do not match what was registered."""
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class TextClassifier(PythonModel):
@@ -47,7 +40,7 @@ class TextClassifier(PythonModel):
             raise ModelLoadError(f"the model's config artifact is not valid JSON ({err})") from None
         # A flipped byte in the weights still loads; the checksum taken at registration does not match.
         expected = meta.get("weights_sha256")
-        if expected and _sha256(context.artifacts["weights"]) != expected:
+        if expected and file_sha256(context.artifacts["weights"]) != expected:
             raise ModelLoadError("the model's weights do not match the checksum recorded at registration")
         self.labels = meta["labels"]
         self.max_texts = meta.get("max_texts_per_request", 1000)
@@ -66,23 +59,11 @@ class TextClassifier(PythonModel):
             raise mlflow.exceptions.MlflowException.invalid_parameter_value(
                 f"{len(texts)} texts in one request; the limit is {self.max_texts}: split the request"
             )
-        proba = self._proba(texts)
+        proba = predict_proba(self.model, encode(self.tokenizer, texts))
         out = pd.DataFrame({"label": [self.labels[i] for i in proba.argmax(1)]})
         for i, name in enumerate(self.labels):
             out[f"proba_{name}"] = proba[:, i].astype(np.float64)
         return out
-
-    @torch.no_grad()
-    def _proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        out = []
-        for start in range(0, len(texts), batch_size):
-            seqs = [e.ids for e in self.tokenizer.encode_batch(texts[start : start + batch_size])]
-            width = max(len(s) for s in seqs)
-            ids = torch.zeros((len(seqs), width), dtype=torch.long)
-            for i, s in enumerate(seqs):
-                ids[i, : len(s)] = torch.tensor(s)
-            out.append(torch.softmax(self.model(ids, ids != 0), dim=-1).numpy())
-        return np.concatenate(out)
 
 
 def _as_texts(model_input) -> list[str]:

