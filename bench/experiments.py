@@ -139,7 +139,8 @@ def run_matrix(
                     **MODELS[model],
                     "seed": seed,  # initialisation, masking and batch order; the split stays put
                     "ingest.split_seed": SPLIT_SEED,
-                    "tokenize.extra_text": json.dumps(extra_files),
+                    # unlabelled text files for pretraining (WikiText's markup undone)
+                    "corpus.sources": json.dumps([{"path": f, "markup": "wikitext"} for f in extra_files]),
                     **dict(kv.split("=", 1) for kv in more),  # --set: a variant's own knobs
                 }
                 params_file.write(base, ROOT / catalog.PARAMS)
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--profiles", nargs="+", default=list(PROFILES))
     r.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     r.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    r.add_argument("--extra-text", nargs="*", default=[], help="tokenize.extra_text for these runs")
+    r.add_argument("--extra-text", nargs="*", default=[], help="WikiText-style files added to corpus.sources")
     r.add_argument("--overlay", default=None, help="a profile applied after the dataset's, e.g. tuned knobs")
     r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more params overrides for these runs")
     r.add_argument(

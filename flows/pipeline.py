@@ -31,7 +31,7 @@ from tasks.lib.common import file_lock, read_json
 from tasks.lib.lineage import data_hash, git_commit
 from tasks.lib.tracking import PARENT_ENV, configure, flatten
 
-STAGES = ("ingest", "validate", "tokenize", "pretrain", "finetune", "evaluate", "register")
+STAGES = ("ingest", "validate", "corpus", "tokenize", "pretrain", "finetune", "evaluate", "register")
 TRAINING = ("pretrain", "finetune")
 LOCK_ARTIFACT = "training/dvc.lock"
 

@@ -1,12 +1,12 @@
 """pretrain: a language model trained from scratch on the training text.
 
-    python -m tasks.pretrain          # reads data/tokenized/train, writes checkpoints/pretrained/
+    python -m tasks.pretrain          # reads data/tokenized/corpus, writes checkpoints/pretrained/
 
 `model.arch` picks the network (Transformer, or an Elman RNN / LSTM / GRU) and
 `pretrain.objective` the task (`models/objectives/`: masked LM, BERT-style, Transformer only;
-causal next-token prediction, GPT-style, the recurrent models' only one). The training split's
-token ids are packed end to end into fixed blocks, so no compute is spent on padding; labels
-are never read. With `pretrain.nproc_per_node` > 1 the stage re-launches itself under
+causal next-token prediction, GPT-style, the recurrent models' only one). Batches are blocks of
+consecutive corpus tokens (documents end to end, so no compute is spent on padding) sampled
+from the memory-mapped shards tokenize wrote; labels are never read. With `pretrain.nproc_per_node` > 1 the stage re-launches itself under
 torchrun (DDP).
 """
 
@@ -26,6 +26,7 @@ from tasks.lib import catalog
 from tasks.lib.common import StageError, run_stage, seed_everything
 from tasks.lib.config import Params, load_params
 from tasks.lib.engine import Engine, is_rank_zero, maybe_compile, micro_slices, relaunch_under_torchrun, wrap_ddp
+from tasks.lib.shards import TokenShards
 from tasks.lib.training import (
     Throughput,
     TrainingRun,
@@ -113,7 +114,7 @@ def evaluate_lm(model, rows: torch.Tensor, objective: Objective, params: Params,
 
 def inputs_of(data_dir: Path) -> list[Path]:
     """The token files pretraining reads (the resume state belongs to exactly these)."""
-    return [d for d in (data_dir / "train", data_dir / catalog.EXTRA_TOKENS.name) if d.exists()]
+    return [data_dir / catalog.CORPUS_TOKENS.name]
 
 
 def knobs(params: Params) -> dict:
@@ -121,13 +122,11 @@ def knobs(params: Params) -> dict:
             "pretrain": result_knobs(params.pretrain, "log_every", "checkpoint_every")}  # fmt: skip
 
 
-def load_blocks(data_dir: Path, split: str, width: int, with_extra: bool = False) -> torch.Tensor:
+def validation_blocks(data_dir: Path, width: int) -> torch.Tensor:
+    """The validation split's text, packed: the held-out measure of the language model."""
     import datasets
 
-    texts = list(datasets.load_from_disk(str(data_dir / split))["input_ids"])
-    if with_extra and (data_dir / catalog.EXTRA_TOKENS.name).exists():  # unlabelled text, pretraining only
-        texts += list(datasets.load_from_disk(str(data_dir / catalog.EXTRA_TOKENS.name))["input_ids"])
-    return pack(texts, width)
+    return pack(list(datasets.load_from_disk(str(data_dir / "validation"))["input_ids"]), width)
 
 
 def pretrain(
@@ -147,35 +146,29 @@ def pretrain(
     device = run.engine.device
     objective = objective_of(params, tokenizer_file)
     width = p.block_size + objective.extra_tokens
-    blocks = load_blocks(data_dir, "train", width, with_extra=True)
-    val_blocks = load_blocks(data_dir, "validation", width)
+    corpus = TokenShards(data_dir / catalog.CORPUS_TOKENS.name)  # memory-mapped, never loaded whole
+    val_blocks = validation_blocks(data_dir, width)
     config = lm_config(params, objective)
     model = objective.language_model(config).to(device)
     optimizer = torch.optim.AdamW(decay_groups(model, p.weight_decay), lr=p.lr, betas=(0.9, 0.98))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(p.warmup_steps, p.max_steps))
     gen = torch.Generator().manual_seed(params.seed)
     meter = Throughput(flops_per_token(model, model_config(config), p.block_size, objective.decoded_share), run.engine)
-    state = {"step": 0, "cursor": 0, "tokens_seen": 0, "window_loss": 0.0, "window_tokens": 0, "wall_s": 0.0}
-    order = torch.randperm(len(blocks), generator=gen)
+    state = {"step": 0, "tokens_seen": 0, "window_loss": 0.0, "window_tokens": 0, "wall_s": 0.0}
     if saved := run.restore(model, optimizer, schedule, gen):
-        meta, tensors = saved
-        state, order = {k: meta[k] for k in state}, tensors["order"]
+        state = {k: saved[0][k] for k in state}
         if run.is_main:
             print(f"pretrain: resuming from step {state['step']} ({resume_dir})")
     maybe_compile(model.body, p.compile)
     train_model = wrap_ddp(model, run.engine)
     if run.is_main:
         print(f"pretrain: {config['arch']} {objective.name} LM, {json.dumps(run.engine.describe())}")
-    cursor, window_start, start = state["cursor"], time.perf_counter(), time.perf_counter() - state["wall_s"]
+    window_start, start = time.perf_counter(), time.perf_counter() - state["wall_s"]
     bar = tqdm(range(state["step"], p.max_steps), desc="pretrain", unit="step", mininterval=5,
                initial=state["step"], total=p.max_steps, disable=not run.is_main)  # fmt: skip
     for step in bar:
-        if cursor + p.batch_size > len(order):
-            order, cursor = torch.randperm(len(blocks), generator=gen), 0
-        batch = blocks[order[cursor : cursor + p.batch_size]]
-        cursor += p.batch_size
         # Every rank draws the same global batch (same generator) and trains on its own slices.
-        inputs, targets = objective.batch(batch, gen)
+        inputs, targets = objective.batch(corpus.sample(p.batch_size, width, gen), gen)
         parts = micro_batches(inputs, targets, run.engine, p.grad_accum_steps)
         step_loss = run.step(train_model, optimizer, parts, lm_loss, p.grad_clip)
         schedule.step()
@@ -192,8 +185,8 @@ def pretrain(
                 log(metrics, step + 1)
             state["window_loss"], state["window_tokens"], window_start = 0.0, 0, time.perf_counter()
         if (step + 1) % p.checkpoint_every == 0 and step + 1 < p.max_steps:
-            state.update(step=step + 1, cursor=cursor, wall_s=time.perf_counter() - start)
-            run.save_resume(model, optimizer, schedule, gen, state, {"order": order})
+            state.update(step=step + 1, wall_s=time.perf_counter() - start)
+            run.save_resume(model, optimizer, schedule, gen, state, {})
     summary = {"tokens_seen": state["tokens_seen"], "wall_s": time.perf_counter() - start}
     if run.is_main:
         summary["val_loss"] = evaluate_lm(model, val_blocks, objective, params, run)

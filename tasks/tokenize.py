@@ -1,15 +1,18 @@
-"""tokenize: train a subword tokenizer on the training split only, encode every split.
+"""tokenize: train a subword tokenizer on the training split only, encode every split and the corpus.
 
-python -m tasks.tokenize          # reads data/validated/, writes checkpoints/tokenizer/ and data/tokenized/
+python -m tasks.tokenize          # reads data/validated/ and data/corpus/, writes checkpoints/tokenizer/ and data/tokenized/
 
-With `tokenize.extra_text`, unlabelled text files are encoded too (`data/tokenized/extra`),
-untruncated, for pretraining only: they never reach fine-tuning or evaluation.
+The corpus (data/corpus, unlabelled, for pretraining only) is encoded untruncated, one shard
+per process, into one flat array of token ids per shard (`data/tokenized/corpus/*.npy`) that
+pretraining memory-maps; it never reaches fine-tuning or evaluation.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -17,7 +20,6 @@ from models.inference import encode
 from tasks.lib import catalog
 from tasks.lib.common import StageError, atomic_dir, run_stage, write_json_atomic
 from tasks.lib.config import TokenizeParams, load_params
-from tasks.lib.sources import expand_path
 from tasks.lib.vocab import SPECIAL_TOKENS
 
 URL_PATTERN = r"https?://\S+"
@@ -66,28 +68,38 @@ def train_tokenizer(texts: list[str], cfg: TokenizeParams) -> Tokenizer:
     return tok
 
 
-def clean_extra_line(line: str) -> str | None:
-    """One document of an extra corpus, or None for a blank line or a heading. Undoes
-    WikiText's conventions: " @-@ " for a hyphen inside a word, " @,@ " / " @.@ " inside
-    numbers, "<unk>" for rare words, " = Title = " headings."""
-    import re
+def encode_shard(job: tuple[str, str, str]) -> tuple[int, int]:
+    """One corpus shard (parquet) to one .npy of token ids, documents end to end, each
+    [CLS] ... [SEP] and never cut. Returns (documents, tokens). Runs in a worker process."""
+    tokenizer_json, shard, out = job
+    tok = Tokenizer.from_str(tokenizer_json)
+    tok.no_truncation()
+    texts = pd.read_parquet(shard)["text"].tolist()
+    dtype = np.uint16 if tok.get_vocab_size() <= np.iinfo(np.uint16).max + 1 else np.uint32
+    parts = [np.fromiter((i for ids in encode(tok, texts[k : k + 10_000]) for i in ids), dtype=dtype)
+             for k in range(0, len(texts), 10_000)]  # fmt: skip
+    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+    np.save(out, ids)
+    return len(texts), len(ids)
 
-    text = line.strip()
-    if not text or (text.startswith("=") and text.endswith("=")):
-        return None
-    text = re.sub(r" @(.)@ ", r"\1", text).replace("<unk>", "").replace("  ", " ").strip()
-    return text or None
 
+def encode_corpus(tok: Tokenizer, corpus_dir: Path, out_dir: Path) -> dict:
+    """Every corpus shard encoded in parallel (one process per core): the shards are the unit,
+    so the result does not depend on how many processes ran."""
+    import multiprocessing
 
-def read_extra_text(paths: list[str]) -> list[str]:
-    docs = []
-    for raw in paths:
-        path = expand_path(raw)
-        if not path.is_file():
-            raise StageError(f"tokenize.extra_text: {path} is not a file (set DATA_ROOT if it uses $DATA_ROOT)")
-        with open(path, encoding="utf-8") as f:
-            docs += [d for d in map(clean_extra_line, f) if d]
-    return docs
+    out_dir.mkdir()
+    shards = sorted(corpus_dir.glob("shard-*.parquet"))
+    if not shards:
+        raise StageError(f"{corpus_dir} holds no shards: run the corpus stage first")
+    jobs = [(tok.to_str(), str(s), str(out_dir / f"{s.stem}.npy")) for s in shards]
+    workers = min(len(jobs), len(os.sched_getaffinity(0)))
+    if workers == 1:
+        done = [encode_shard(job) for job in jobs]
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            done = pool.map(encode_shard, jobs, chunksize=1)
+    return {"corpus_documents": sum(d for d, _ in done), "corpus_tokens": sum(t for _, t in done)}
 
 
 def tokenize(cfg: TokenizeParams, labels: list[str], root: Path = Path(".")) -> dict:
@@ -107,13 +119,7 @@ def tokenize(cfg: TokenizeParams, labels: list[str], root: Path = Path(".")) -> 
             lengths = [len(x) for x in ids]
             stats[f"{s}_tokens"] = sum(lengths)
             stats[f"{s}_truncated"] = sum(n >= cfg.max_length for n in lengths)
-        if cfg.extra_text:
-            docs = read_extra_text(cfg.extra_text)
-            whole = Tokenizer.from_str(tok.to_str())  # documents are packed for pretraining: never cut
-            whole.no_truncation()
-            ids = encode(whole, docs)
-            datasets.Dataset.from_dict({"input_ids": ids}).save_to_disk(str(tmp / catalog.EXTRA_TOKENS.name))
-            stats |= {"extra_documents": len(docs), "extra_tokens": sum(len(x) for x in ids)}
+        stats |= encode_corpus(tok, catalog.at(root, catalog.CORPUS), tmp / catalog.CORPUS_TOKENS.name)
         write_json_atomic(tmp / catalog.TOKEN_STATS.name, stats)
     with atomic_dir(tokenizer_dir) as tmp:
         tok.save(str(tmp / catalog.TOKENIZER_FILE.name))
@@ -130,8 +136,10 @@ def main() -> None:
 
         stats = tokenize(params.tokenize, params.ingest.labels)
         mlflow.log_metrics(stats)
-    extra = f", {stats['extra_tokens']} extra pretraining tokens" if "extra_tokens" in stats else ""
-    print(f"tokenize: vocabulary {stats['vocab_size']}, {stats['train_tokens']} training tokens{extra}")
+    print(
+        f"tokenize: vocabulary {stats['vocab_size']}, {stats['train_tokens']:,} training tokens, "
+        f"{stats['corpus_tokens']:,} corpus tokens for pretraining"
+    )
 
 
 if __name__ == "__main__":

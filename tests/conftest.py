@@ -139,16 +139,24 @@ def tiny_corpus_params(**overrides) -> dict:
     return tiny_params(**base)
 
 
-@pytest.fixture
-def tokenized(workdir):
-    """The tiny corpus through ingest, validate and tokenize; returns its params."""
+def build_data(params) -> None:
+    """The data stages, in the working folder: ingest, validate, corpus, tokenize."""
+    from tasks.corpus import corpus
     from tasks.ingest import ingest
-    from tasks.lib.config import load_params
     from tasks.tokenize import tokenize
     from tasks.validate import validate
 
-    params = load_params()
     ingest(params.ingest, params.seed)
     validate(params)
+    corpus(params)
     tokenize(params.tokenize, params.ingest.labels)
+
+
+@pytest.fixture
+def tokenized(workdir):
+    """The tiny corpus through the data stages; returns its params."""
+    from tasks.lib.config import load_params
+
+    params = load_params()
+    build_data(params)
     return params

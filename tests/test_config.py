@@ -29,9 +29,9 @@ def test_bad_value_is_named():
 
 def test_braced_variable_is_refused_with_the_spelling_that_works():
     # `dvc exp run -S` would fail on `${DATA_ROOT}` with an interpolation error of its own.
-    with pytest.raises(ParamsError, match=r"tokenize\.extra_text\[0\]: write \$DATA_ROOT instead of \$\{DATA_ROOT\}"):
-        parse_params(tiny_params(tokenize={"extra_text": ["${DATA_ROOT}/wikitext2/valid.txt"]}))
-    parse_params(tiny_params(tokenize={"extra_text": ["$DATA_ROOT/wikitext2/valid.txt"]}))
+    with pytest.raises(ParamsError, match=r"corpus\.sources\[0\]\.path: write \$DATA_ROOT instead of \$\{DATA_ROOT\}"):
+        parse_params(tiny_params(corpus={"sources": [{"path": "${DATA_ROOT}/wikitext2/valid.txt"}]}))
+    parse_params(tiny_params(corpus={"sources": [{"path": "$DATA_ROOT/wikitext2/valid.txt"}]}))
 
 
 def test_missing_or_broken_file(tmp_path):

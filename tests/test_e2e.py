@@ -54,7 +54,7 @@ def test_mlflow_has_one_parent_with_a_child_per_stage(project):
         [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     assert sorted(c.data.tags["pipeline.stage"] for c in children) == sorted(
-        ["ingest", "validate", "tokenize", "pretrain", "finetune", "evaluate", "register"]
+        ["ingest", "validate", "corpus", "tokenize", "pretrain", "finetune", "evaluate", "register"]
     )
     assert "test.macro_f1" in parent.data.metrics and "finetune.lr" in parent.data.params
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "evaluation")}
@@ -119,7 +119,7 @@ def test_refreshing_an_unchanged_source_reruns_nothing_downstream(project):
     proj, env, _ = project
     run = _run([sys.executable, "-m", "flows.pipeline", "--refresh-source"], proj, env)
     assert "ingest: ran" in run.stdout + run.stderr
-    for stage in ("validate", "tokenize", "pretrain", "finetune", "evaluate", "register"):
+    for stage in ("validate", "corpus", "tokenize", "pretrain", "finetune", "evaluate", "register"):
         assert f"{stage}: up to date" in run.stdout + run.stderr
 
 

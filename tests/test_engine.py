@@ -11,15 +11,12 @@ import yaml
 from safetensors.torch import load_file
 
 from tasks.finetune import finetune, param_groups
-from tasks.ingest import ingest
 from tasks.lib.common import read_json
 from tasks.lib.config import load_params
 from tasks.lib.engine import Engine, choose_threads, micro_slices
 from tasks.pretrain import pretrain
-from tasks.tokenize import tokenize
-from tasks.validate import validate
 
-from .conftest import ROOT, tiny_params
+from .conftest import ROOT, build_data, tiny_params
 
 CPU = torch.device("cpu")
 
@@ -35,9 +32,7 @@ def _prepare(**overrides):
         deterministic.setdefault(section, {}).update(values)
     Path("params.yaml").write_text(yaml.safe_dump(tiny_params(**deterministic)))
     params = load_params()
-    ingest(params.ingest, params.seed)
-    validate(params)
-    tokenize(params.tokenize, params.ingest.labels)
+    build_data(params)
     return params
 
 

@@ -24,16 +24,13 @@ from safetensors.torch import load_file, save_file
 
 from tasks.evaluate import evaluate
 from tasks.finetune import finetune
-from tasks.ingest import ingest
 from tasks.lib.config import load_params
 from tasks.lib.registry import CHAMPION, LOG_PREFIX, alias_version, history, lineage
 from tasks.lib.tracking import stage_run
 from tasks.pretrain import pretrain
 from tasks.register import register
-from tasks.tokenize import tokenize
-from tasks.validate import validate
 
-from .conftest import ROOT, tiny_frame, tiny_params
+from .conftest import ROOT, build_data, tiny_frame, tiny_params
 
 pytestmark = pytest.mark.slow
 NAME = "text-classifier"
@@ -59,12 +56,10 @@ def project(tmp_path_factory):
         mp.delenv("PIPELINE_PARENT_RUN_ID", raising=False)
         tiny_frame().to_csv("tiny.csv", index=False)
         gates = {"min_accuracy": 0.0, "min_macro_f1": 0.0, "min_improvement": 0.0, "max_recall_drop": 0.05}
-        raw = tiny_params(finetune={"max_epochs": 8, "patience": 8}, promote=gates)
+        raw = tiny_params(finetune={"max_epochs": 8, "patience": 8, "lr": 0.002}, promote=gates)
         Path("params.yaml").write_text(yaml.safe_dump(raw))
         params = load_params()
-        ingest(params.ingest, params.seed)
-        validate(params)
-        tokenize(params.tokenize, params.ingest.labels)
+        build_data(params)
         pretrain(params)
         finetune(params, params.ingest.labels)
         evaluate(params)

@@ -170,7 +170,7 @@ def test_scheduled_pipeline_runs_data_work_on_cpu_and_training_on_gpu(tmp_path, 
     )
     stages = {r["stage"]: r for r in stages_of(parent)}
     assert {s: stages[s]["pool"] for s in stages} == {
-        "ingest": "cpu", "validate": "cpu", "tokenize": "cpu", "pretrain": "gpu", "finetune": "gpu",
+        "ingest": "cpu", "validate": "cpu", "corpus": "cpu", "tokenize": "cpu", "pretrain": "gpu", "finetune": "gpu",
         "evaluate": "cpu", "register": "cpu",
     }  # fmt: skip
     assert all(r["ran"] for r in stages.values())

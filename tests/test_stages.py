@@ -10,16 +10,14 @@ import pytest
 
 from tasks.evaluate import classification_metrics, evaluate, expected_calibration_error
 from tasks.finetune import finetune, load_classifier
-from tasks.ingest import ingest
 from tasks.lib.common import read_json
 from tasks.lib.config import load_params, parse_params
 from tasks.lib.tracking import stage_run
 from tasks.pretrain import pack, pretrain
 from tasks.register import register
-from tasks.tokenize import tokenize, train_tokenizer
-from tasks.validate import validate
+from tasks.tokenize import train_tokenizer
 
-from .conftest import tiny_params
+from .conftest import build_data, tiny_params
 
 
 def test_tokenizer_trains_on_train_split_only(workdir):
@@ -180,9 +178,7 @@ def test_every_architecture_pretrains_finetunes_and_serves_by_params(workdir, ar
     raw = tiny_params(model={"arch": arch, "d_hidden": 48}, pretrain={"objective": objective}, finetune=ulmfit)
     Path("params.yaml").write_text(yaml.safe_dump(raw))
     params = load_params()
-    ingest(params.ingest, params.seed)
-    validate(params)
-    tokenize(params.tokenize, params.ingest.labels)
+    build_data(params)
     logged = []
     summary = pretrain(params, log=lambda m, s: logged.append(m))
     assert summary["val_loss"] > 0 and "train_causal_loss" in logged[0] and logged[0]["mfu"] > 0
@@ -225,34 +221,3 @@ def test_killed_finetuning_resumes_to_the_same_weights_and_run(tokenized):
     client = mlflow.MlflowClient()
     steps = [m.step for m in client.get_metric_history(run_id, "val_macro_f1")]
     assert steps == list(range(1, 61))
-
-
-def test_extra_text_is_tokenized_for_pretraining_only(workdir):
-    import datasets
-    import yaml
-
-    from tasks.tokenize import clean_extra_line
-
-    assert clean_extra_line(" = Homarus gammarus = \n") is None and clean_extra_line(" \n") is None
-    assert clean_extra_line(" a 1 @,@ 000 km long @-@ range <unk> flight \n") == "a 1,000 km long-range flight"
-    Path("extra.txt").write_text(" = Heading = \n \n" + " the crew was friendly and the flight was great \n" * 40)
-    Path("params.yaml").write_text(yaml.safe_dump(tiny_params(tokenize={"extra_text": ["extra.txt"]})))
-    params = load_params()
-    ingest(params.ingest, params.seed)
-    validate(params)
-    before = tokenize(params.tokenize.model_copy(update={"extra_text": []}), params.ingest.labels)
-    stats = tokenize(params.tokenize, params.ingest.labels)
-    assert stats["extra_documents"] == 40 and stats["extra_tokens"] > 40 * 10
-    assert stats["train_tokens"] == before["train_tokens"] and stats["vocab_size"] == before["vocab_size"]
-    extra = datasets.load_from_disk("data/tokenized/extra")
-    assert extra.column_names == ["input_ids"]
-    long = tiny_params(tokenize={"extra_text": ["extra.txt"], "max_length": 8})
-    Path("params.yaml").write_text(yaml.safe_dump(long))
-    stats = tokenize(load_params().tokenize, params.ingest.labels)
-    assert stats["extra_tokens"] / stats["extra_documents"] > 8  # pretraining text is never truncated
-    Path("params.yaml").write_text(yaml.safe_dump(tiny_params(tokenize={"extra_text": ["extra.txt"]})))
-    tokenize(load_params().tokenize, params.ingest.labels)
-    with_extra = pretrain(load_params(), out_dir=Path("with-extra"))
-    assert with_extra["tokens_seen"] == 6 * 4 * 16  # same steps; the packed stream is longer
-    with pytest.raises(Exception, match="not a file"):
-        tokenize(params.tokenize.model_copy(update={"extra_text": ["missing.txt"]}), params.ingest.labels)

@@ -20,9 +20,13 @@ VALIDATED = Path("data/validated")
 QUARANTINE = VALIDATED / "quarantine.parquet"
 SNAPSHOT = VALIDATED / "snapshot.json"  # what drift compares the next version with
 VALIDATION_REPORT = Path("reports/validation")
+
+# corpus -> tokenize: unlabelled text, in shards, and its token ids, one memory-mappable file a shard
+CORPUS = Path("data/corpus")
+CORPUS_STATS = CORPUS / "stats.json"
 TOKENIZED = Path("data/tokenized")
 TOKEN_STATS = TOKENIZED / "stats.json"
-EXTRA_TOKENS = TOKENIZED / "extra"  # tokenize.extra_text: pretraining text only
+CORPUS_TOKENS = TOKENIZED / "corpus"  # pretraining text only
 TOKENIZER = Path("checkpoints/tokenizer")
 TOKENIZER_FILE = TOKENIZER / "tokenizer.json"
 LABELS_FILE = TOKENIZER / "labels.json"

@@ -74,6 +74,36 @@ class IngestParams(_Section):
         return self
 
 
+class CorpusSource(_Section):
+    """One unlabelled source; unset layout keys take the readers' defaults (IngestParams')."""
+
+    path: str  # a file or folder ($DATA_ROOT expands), or hf:<dataset>
+    format: Literal["auto", "lines", "csv", "tsv", "jsonl", "parquet"] | None = None  # auto: .txt is lines
+    header: bool | None = None
+    columns: list[str] | None = None
+    quoting: Literal["minimal", "none"] | None = None
+    encoding: str | None = None
+    text_column: str | None = None
+    markup: Literal["wikitext"] | None = None  # wikitext: undo WikiText's @-@, <unk> and headings
+
+
+class CorpusParams(_Section):
+    """The unlabelled text pretraining reads (data/corpus), besides or instead of the training split's."""
+
+    train_text: bool  # the labelled training split's text is part of the corpus
+    sources: list[CorpusSource]
+    min_chars: int = Field(ge=1)
+    max_damaged_share: float = Field(ge=0, le=1)  # per source: more encoding damage than this fails the stage
+    min_leak_words: int = Field(ge=1)  # a text containing a whole validation/test text this long is dropped
+    shard_docs: int = Field(ge=1)  # texts per shard file
+
+    @model_validator(mode="after")
+    def _some_text(self) -> CorpusParams:
+        if not self.train_text and not self.sources:
+            raise ValueError("the corpus is empty: set train_text: true or name at least one source")
+        return self
+
+
 class DriftParams(_Section):
     """Limits on how far a new version of the same source may move from the last accepted one."""
 
@@ -101,9 +131,6 @@ class TokenizeParams(_Section):
     lowercase: bool
     collapse_urls: bool
     max_length: int = Field(ge=8)
-    # Unlabelled text files (one document per line) added to the pretraining text only; the
-    # tokenizer is still trained on the training split. `$DATA_ROOT` expands as in ingest.
-    extra_text: list[str]
 
 
 Arch = Literal["transformer", "rnn", "lstm", "gru"]
@@ -209,6 +236,7 @@ class Params(_Section):
     seed: int
     ingest: IngestParams
     validate_: ValidateParams = Field(alias="validate")
+    corpus: CorpusParams
     tokenize: TokenizeParams
     model: ModelParams
     pretrain: PretrainParams
