@@ -28,7 +28,7 @@ from tasks.lib.sources import ReadSpec
 TRAIN_TEXT = "the labelled training split"
 
 
-def read_spec(source: CorpusSource) -> ReadSpec:
+def layout(source: CorpusSource) -> ReadSpec:
     """The source's layout, unset keys taking the readers' defaults (IngestParams')."""
     fields = {f: getattr(source, f, None) for f in ReadSpec.__dataclass_fields__ if f != "path"}
     defaults = {f: IngestParams.model_fields[f].default for f in fields}
@@ -41,7 +41,7 @@ def sources(c: CorpusParams, root: Path) -> Iterator[tuple[str, Iterator[list[st
         train = pd.read_parquet(catalog.at(root, catalog.split_file("train")), columns=["text"])
         yield TRAIN_TEXT, iter([train["text"].tolist()])
     for source in c.sources:
-        chunks = read_texts(read_spec(source))
+        chunks = read_texts(layout(source))
         if source.markup == "wikitext":
             chunks = ([undo_wikitext(t) for t in chunk] for chunk in chunks)
         yield source.path, chunks

@@ -1,4 +1,4 @@
-"""pretrain: a language model trained from scratch on the training text.
+"""pretrain: a language model trained from scratch on the corpus.
 
     python -m tasks.pretrain          # reads data/tokenized/corpus, writes checkpoints/pretrained/
 
@@ -6,8 +6,8 @@
 `pretrain.objective` the task (`models/objectives/`: masked LM, BERT-style, Transformer only;
 causal next-token prediction, GPT-style, the recurrent models' only one). Batches are blocks of
 consecutive corpus tokens (documents end to end, so no compute is spent on padding) sampled
-from the memory-mapped shards tokenize wrote; labels are never read. With `pretrain.nproc_per_node` > 1 the stage re-launches itself under
-torchrun (DDP).
+from the memory-mapped shards tokenize wrote; labels are never read. With
+`pretrain.nproc_per_node` > 1 the stage re-launches itself under torchrun (DDP).
 """
 
 from __future__ import annotations
