@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
 from tasks.lib import catalog
 from tasks.lib.common import StageError, atomic_dir, run_stage, write_json_atomic
@@ -71,8 +72,10 @@ def corpus(params: Params, root: Path = Path(".")) -> dict:
         shards = ShardWriter(tmp, c.shard_docs)
         for name, chunks in sources(c, root):
             counts: Counter = Counter()
-            for chunk in chunks:
-                shards.write(accepted(chunk, held, seen, counts, c.min_chars, params.ingest.clean_text))
+            with tqdm(desc=f"corpus {name}", unit=" texts", mininterval=5) as bar:
+                for chunk in chunks:
+                    shards.write(accepted(chunk, held, seen, counts, c.min_chars, params.ingest.clean_text))
+                    bar.update(len(chunk))
             check(name, counts, c)
             report.append({"source": name, **counts})
         shards.flush()

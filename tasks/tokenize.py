@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tqdm import tqdm
 
 from models.inference import encode
 from tasks.lib import catalog
@@ -94,11 +95,12 @@ def encode_corpus(tok: Tokenizer, corpus_dir: Path, out_dir: Path) -> dict:
         raise StageError(f"{corpus_dir} holds no shards: run the corpus stage first")
     jobs = [(tok.to_str(), str(s), str(out_dir / f"{s.stem}.npy")) for s in shards]
     workers = min(len(jobs), len(os.sched_getaffinity(0)))
+    progress = {"desc": "tokenize corpus", "unit": " shards", "total": len(jobs), "mininterval": 5}
     if workers == 1:
-        done = [encode_shard(job) for job in jobs]
+        done = [encode_shard(job) for job in tqdm(jobs, **progress)]
     else:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            done = pool.map(encode_shard, jobs, chunksize=1)
+            done = list(tqdm(pool.imap(encode_shard, jobs), **progress))  # imap keeps the shards' order
     return {"corpus_documents": sum(d for d, _ in done), "corpus_tokens": sum(t for _, t in done)}
 
 

@@ -1,5 +1,6 @@
 """Pretraining objectives: each is one small object that knows its batch, its head, its loss
-and its metric names. Adding one is a new module here plus a line in OBJECTIVES.
+and its metric names. Adding one is a new module here, its class in `_registry`, its name in
+`pretrain.objective`'s type (tasks/lib/config.py) and its test.
 
     objective = create("mlm", tokens, mask_prob=0.15)
     model = objective.language_model(config)          # body + the objective's head

@@ -4,12 +4,11 @@ column, a folder of such files, or `hf:<dataset>`. The layout keys are ingest's 
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from pathlib import Path
 
 from tasks.lib.common import StageError
-from tasks.lib.sources import SUFFIX_FORMATS, ReadSpec, expand_path
+from tasks.lib.sources import SUFFIX_FORMATS, ReadSpec, csv_options, expand_path
 
 TEXT_SUFFIXES = {".txt": "lines", **SUFFIX_FORMATS}
 CHUNK_ROWS = 50_000
@@ -45,10 +44,7 @@ def _file_texts(path: Path, spec: ReadSpec, chunk_rows: int) -> Iterator[list[st
         if fmt == "lines":
             yield from _lines(path, spec.encoding, chunk_rows)
         elif fmt in ("csv", "tsv"):
-            opts = {"sep": "\t" if fmt == "tsv" else ",", "header": 0 if spec.header else None, "names": spec.columns,
-                    "quoting": csv.QUOTE_NONE if spec.quoting == "none" else csv.QUOTE_MINIMAL, "dtype": str,
-                    "keep_default_na": False, "encoding": spec.encoding, "encoding_errors": "replace"}  # fmt: skip
-            for frame in pd.read_csv(path, chunksize=chunk_rows, **opts):
+            for frame in pd.read_csv(path, chunksize=chunk_rows, **csv_options(spec, fmt)):
                 yield _column(frame, spec.text_column, path)
         elif fmt == "jsonl":
             for frame in pd.read_json(path, lines=True, chunksize=chunk_rows, dtype=False, encoding=spec.encoding):

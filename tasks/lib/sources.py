@@ -65,6 +65,22 @@ def _read_label_text(path: Path, encoding: str) -> pd.DataFrame:
     return pd.DataFrame(pairs, columns=["label", "text"], dtype=str)
 
 
+def csv_options(spec: ReadSpec, fmt: str) -> dict:
+    """`pd.read_csv` keyword arguments for a CSV or TSV file of this layout. Undecodable bytes
+    become U+FFFD instead of failing the file: validate quarantines those rows (the corpus stage
+    drops them) with the reason, and fails only if there are too many."""
+    return {
+        "sep": "\t" if fmt == "tsv" else ",",
+        "encoding": spec.encoding,
+        "encoding_errors": "replace",
+        "dtype": str,
+        "keep_default_na": False,
+        "header": 0 if spec.header else None,
+        "names": spec.columns,
+        "quoting": csv.QUOTE_NONE if spec.quoting == "none" else csv.QUOTE_MINIMAL,
+    }
+
+
 def _read_file(path: Path, spec: ReadSpec) -> pd.DataFrame:
     fmt = SUFFIX_FORMATS.get(path.suffix.lower()) if spec.format == "auto" else spec.format
     if fmt is None:
@@ -72,19 +88,9 @@ def _read_file(path: Path, spec: ReadSpec) -> pd.DataFrame:
             f"{path}: cannot tell the format from '{path.suffix}'; set ingest.format "
             f"(one of csv, tsv, jsonl, parquet, label_text)"
         )
-    # Undecodable bytes become U+FFFD instead of failing the file: validate quarantines
-    # those rows with the reason, and fails only if there are too many.
-    text_opts = {"encoding": spec.encoding, "encoding_errors": "replace", "dtype": str, "keep_default_na": False}
-    table_opts = {
-        "header": 0 if spec.header else None,
-        "names": spec.columns,
-        "quoting": csv.QUOTE_NONE if spec.quoting == "none" else csv.QUOTE_MINIMAL,
-    }
     try:
-        if fmt == "csv":
-            return pd.read_csv(path, **text_opts, **table_opts)
-        if fmt == "tsv":
-            return pd.read_csv(path, sep="\t", **text_opts, **table_opts)
+        if fmt in ("csv", "tsv"):
+            return pd.read_csv(path, **csv_options(spec, fmt))
         if fmt == "jsonl":
             return pd.read_json(path, lines=True, encoding=spec.encoding, encoding_errors="replace", dtype=False)
         if fmt == "parquet":

@@ -5,9 +5,9 @@ A stage builds its model, optimizer and batches, then:
 
     run = TrainingRun(section, knobs, inputs, resume_dir, run_id)   # engine + saved state
     saved = run.restore(model, optimizer, schedule, gen)            # None: a fresh start
-    loss = run.step(model, optimizer, micro_batches, loss_of)       # every optimizer step
+    loss = run.step(model, optimizer, micro_batches, loss_of, clip) # every optimizer step
     run.save_resume(model, optimizer, schedule, gen, meta, tensors) # every checkpoint
-    run.finish(out_dir, model, meta)                                # rank 0 writes; all stop
+    run.finish(out_dir, meta, save)                                 # rank 0 saves; all stop
 """
 
 from __future__ import annotations
@@ -69,7 +69,10 @@ def run_fingerprint(knobs: dict, *folders: Path) -> str:
     h = hashlib.sha256(json.dumps(knobs, sort_keys=True).encode())
     for folder in folders:
         for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-            h.update(str(f.relative_to(folder)).encode() + f.read_bytes())
+            h.update(str(f.relative_to(folder)).encode())
+            with open(f, "rb") as data:  # a block at a time: corpus shards can be large
+                for block in iter(lambda: data.read(1 << 20), b""):
+                    h.update(block)
     return h.hexdigest()[:16]
 
 
