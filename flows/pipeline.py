@@ -42,6 +42,17 @@ def workspace_lock(root: Path, say=print):
     return file_lock(catalog.at(root, catalog.WORKSPACE_LOCK), waiting, say=say)
 
 
+def stage_env(parent_run_id: str) -> dict:
+    """What a stage process needs on top of the environment: this interpreter first on PATH,
+    and the parent run to nest its MLflow run under, in this flow's tracking store."""
+    env = {PARENT_ENV: parent_run_id, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if os.environ.get("MLFLOW_TRACKING_URI") is None:
+        import mlflow
+
+        env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    return env
+
+
 @task(task_run_name="{stage}")
 def dvc_stage(stage: str, root: str, parent_run_id: str, force: bool = False):
     """Reproduce one DVC stage; report whether it ran or was up to date.
@@ -54,12 +65,7 @@ def dvc_stage(stage: str, root: str, parent_run_id: str, force: bool = False):
     from dvc.repo import Repo
     from dvc.stage.exceptions import StageCmdFailedError
 
-    # The stage process must use this interpreter and nest its MLflow run under ours.
-    env = {PARENT_ENV: parent_run_id, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    if os.environ.get("MLFLOW_TRACKING_URI") is None:
-        import mlflow
-
-        env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    env = stage_env(parent_run_id)
     start = time.perf_counter()
     try:
         with Repo(root) as repo:  # the target names its dvc.yaml: no change of working folder
@@ -157,8 +163,8 @@ def pool_of_this_run() -> str:
         return client.read_flow_run(flow_run.id).work_pool_name or "local"
 
 
-def train_remotely(deployment: str, root: Path, parent_run_id: str):
-    """Run pretrain and finetune as the `train` flow of `deployment` (another work pool),
+def train_remotely(deployment: str, root: Path, parent_run_id: str, stages=TRAINING):
+    """Run the training `stages` as the `train` flow of `deployment` (another work pool),
     exchanging everything through the DVC remote and the MLflow parent run. Returns the
     stage results, or a Failed state."""
     import mlflow
@@ -170,6 +176,7 @@ def train_remotely(deployment: str, root: Path, parent_run_id: str):
         "params": catalog.at(root, catalog.PARAMS).read_text(),
         "parent_run_id": parent_run_id,
         "commit": git_commit(root),
+        "stages": list(stages),
     }
     child = run_deployment(deployment, parameters=parameters, timeout=stage_timeout("train"), poll_interval=5)
     if not child.state or not child.state.is_completed():
@@ -178,15 +185,16 @@ def train_remotely(deployment: str, root: Path, parent_run_id: str):
         return Failed(message=f"training deployment '{deployment}' ended {name}: {why}")
     lock = Path(mlflow.artifacts.download_artifacts(run_id=parent_run_id, artifact_path=LOCK_ARTIFACT))
     catalog.at(root, catalog.DVC_LOCK).write_text(lock.read_text())
-    dvc_pull(str(root), recorded_outs(lock.read_text(), TRAINING))
+    dvc_pull(str(root), recorded_outs(lock.read_text(), stages))
     return mlflow.artifacts.load_dict(f"runs:/{parent_run_id}/training/results.json")
 
 
 @flow(name="train")
-def train(lock: str, params: str, parent_run_id: str, commit: str = "", root: str = "."):
-    """pretrain and finetune for a pipeline run on another machine: take its dvc.lock and
-    params, pull the inputs from the DVC remote, run what is out of date, push the outputs,
-    and log the updated dvc.lock and the stage results to the pipeline's MLflow run."""
+def train(lock: str, params: str, parent_run_id: str, commit: str = "", root: str = ".", stages: list[str] = TRAINING):
+    """The training stages (pretrain and finetune, or pretrain alone for a base model) for a
+    pipeline run on another machine: take its dvc.lock and params, pull the inputs from the
+    DVC remote, run what is out of date, push the outputs, and log the updated dvc.lock and
+    the stage results to the pipeline's MLflow run."""
     import mlflow
 
     logger = get_run_logger()
@@ -198,11 +206,11 @@ def train(lock: str, params: str, parent_run_id: str, commit: str = "", root: st
         params_file.write(params, catalog.at(root_path, catalog.PARAMS))
         catalog.at(root_path, catalog.DVC_LOCK).write_text(lock)
         dvc_pull(str(root_path), recorded_outs(lock, ("tokenize",)))
-        dvc_pull(str(root_path), recorded_outs(lock, TRAINING), allow_missing=True)  # earlier checkpoints, if any
+        dvc_pull(str(root_path), recorded_outs(lock, stages), allow_missing=True)  # earlier checkpoints, if any
         configure(root_path)
         pool = pool_of_this_run()
         results = []
-        for stage in TRAINING:
+        for stage in stages:
             state = stage_task(stage, root_path, parent_run_id, False, "")
             if state.is_failed():
                 return Failed(message=state.message)
@@ -214,6 +222,54 @@ def train(lock: str, params: str, parent_run_id: str, commit: str = "", root: st
         client = mlflow.MlflowClient()
         client.log_artifact(parent_run_id, str(catalog.at(root_path, catalog.DVC_LOCK)), Path(LOCK_ARTIFACT).parent.as_posix())
         client.log_dict(parent_run_id, results, "training/results.json")
+    return results
+
+
+def workspace_params(root: Path, profile: str | None):
+    """params.yaml of the workspace, switched to `profile` first if one is given; or a Failed
+    state saying what is wrong with it."""
+    from tasks.lib.common import StageError
+    from tasks.lib.config import ParamsError, load_params
+    from tasks.profile import apply_profile
+
+    try:
+        if profile:
+            apply_profile(profile, catalog.at(root, catalog.PARAMS), catalog.at(root, catalog.PROFILES))
+        return load_params(catalog.at(root, catalog.PARAMS))
+    except (ParamsError, StageError) as err:
+        return Failed(message=str(err))
+
+
+def run_stages(stages, root: Path, parent_run_id: str, params, refresh_source: bool, training_deployment: str | None):
+    """Run `stages` in order inside the open MLflow parent run, the training ones through
+    `training_deployment` when it is set; their results, or a Failed state (the parent run
+    marked failed, with the stage that failed)."""
+    import mlflow
+
+    logger = get_run_logger()
+    remote = [s for s in stages if s in TRAINING] if training_deployment else []
+    pool, results = pool_of_this_run(), []
+    for stage in stages:
+        if stage in remote:
+            if stage == remote[0]:
+                done = train_remotely(training_deployment, root, parent_run_id, remote)
+                if isinstance(done, State):
+                    mlflow.set_tag("failed_stage", "train")
+                    mlflow.end_run(status="FAILED")
+                    return done
+                results += done
+            continue
+        force = refresh_source and stage == "ingest"
+        state = stage_task(stage, root, parent_run_id, force, params.ingest.source)
+        if stage == "validate":
+            publish_validation(root)
+        if state.is_failed():
+            mlflow.set_tag("failed_stage", stage)
+            mlflow.end_run(status="FAILED")
+            return Failed(message=state.message)
+        result = {**state.result(), "pool": pool}
+        logger.info("%s: %s in %.1f s", stage, "ran" if result["ran"] else "up to date", result["seconds"])
+        results.append(result)
     return results
 
 
@@ -231,49 +287,24 @@ def pipeline(
     """
     import mlflow
 
-    from tasks.lib.common import StageError
-    from tasks.lib.config import ParamsError, load_params
     from tasks.lib.summary import champion_scores, run_link, summary_markdown
-    from tasks.profile import apply_profile
 
     logger = get_run_logger()
     root_path = Path(root).resolve()
     if not (root_path / "dvc.yaml").exists():
         return Failed(message=f"{root_path} has no dvc.yaml: run the flow from the project root")
     with workspace_lock(root_path, say=logger.info):
-        try:
-            if profile:
-                apply_profile(profile, catalog.at(root_path, catalog.PARAMS), catalog.at(root_path, catalog.PROFILES))
-            params = load_params(catalog.at(root_path, catalog.PARAMS))
-        except (ParamsError, StageError) as err:
-            return Failed(message=str(err))
+        params = workspace_params(root_path, profile)
+        if isinstance(params, State):
+            return params
         configure(root_path)
         pool = pool_of_this_run()
         with mlflow.start_run(run_name="pipeline") as parent:
             mlflow.log_params(flatten(params.model_dump(by_alias=True)))
             mlflow.set_tag("work_pool", pool)
-            results = []
-            for stage in STAGES:
-                if training_deployment and stage in TRAINING:
-                    if stage == TRAINING[0]:
-                        remote = train_remotely(training_deployment, root_path, parent.info.run_id)
-                        if isinstance(remote, State):
-                            mlflow.set_tag("failed_stage", "train")
-                            mlflow.end_run(status="FAILED")
-                            return remote
-                        results += remote
-                    continue
-                force = refresh_source and stage == "ingest"
-                state = stage_task(stage, root_path, parent.info.run_id, force, params.ingest.source)
-                if stage == "validate":
-                    publish_validation(root_path)
-                if state.is_failed():
-                    mlflow.set_tag("failed_stage", stage)
-                    mlflow.end_run(status="FAILED")
-                    return Failed(message=state.message)
-                result = {**state.result(), "pool": pool}
-                logger.info("%s: %s in %.1f s", stage, "ran" if result["ran"] else "up to date", result["seconds"])
-                results.append(result)
+            results = run_stages(STAGES, root_path, parent.info.run_id, params, refresh_source, training_deployment)
+            if isinstance(results, State):
+                return results
             pushed = dvc_push(str(root_path))
             logger.info("pushed %d file(s) to the DVC remote", pushed)
             mlflow.set_tags({"data_hash": data_hash(catalog.at(root_path, catalog.DVC_LOCK)),

@@ -37,3 +37,18 @@ def predict_proba(model: nn.Module, sequences: list[list[int]], device="cpu", ba
         logits = model(ids.to(device), mask.to(device))
         out[idx] = F.softmax(logits.float(), dim=-1).cpu().numpy()
     return out
+
+
+@torch.no_grad()
+def embed(body: nn.Module, sequences: list[list[int]], device="cpu", batch_size: int = 128) -> np.ndarray:
+    """A language model's text vectors: its body's states averaged over each text's real tokens."""
+    body.eval()
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    out = np.zeros((len(sequences), body.cfg.d_model), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        ids, mask = pad_batch([sequences[i] for i in idx], body.cfg.pad_id)
+        states = body(ids.to(device), mask.to(device)).float()
+        weights = mask.to(device).unsqueeze(-1).float()
+        out[idx] = ((states * weights).sum(1) / weights.sum(1).clamp(min=1)).cpu().numpy()
+    return out

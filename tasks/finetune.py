@@ -198,7 +198,9 @@ def finetune(
     model.load_state_dict(best["state"])
     summary = {"best_val_macro_f1": best["val_macro_f1"], "best_epoch": best["epoch"], "epochs_run": len(history),
                "wall_s": time.perf_counter() - start, "steps": step}  # fmt: skip
-    meta = {"model_config": config, "labels": labels, "init": f.init, "finetune": f.model_dump(),
+    # The language model the pretrained body itself started from: the classifier's lineage names it.
+    base = read_json(pretrained_dir / catalog.META).get("init_from") if f.init == "pretrained" else None
+    meta = {"model_config": config, "labels": labels, "init": f.init, "base_model": base, "finetune": f.model_dump(),
             "seed": params.seed, "history": history, **summary}  # fmt: skip
     run.finish(out_dir, meta, lambda folder, meta: save_checkpoint(folder, model.cpu(), meta))
     return summary

@@ -1,4 +1,4 @@
-"""pretrain: a language model trained from scratch on the corpus.
+"""pretrain: a language model trained on the corpus, from random weights or from an earlier one.
 
     python -m tasks.pretrain          # reads data/tokenized/corpus, writes checkpoints/pretrained/
 
@@ -7,22 +7,27 @@
 causal next-token prediction, GPT-style, the recurrent models' only one). Batches are blocks of
 consecutive corpus tokens (documents end to end, so no compute is spent on padding) sampled
 from the memory-mapped shards tokenize wrote; labels are never read. With
-`pretrain.nproc_per_node` > 1 the stage re-launches itself under torchrun (DDP).
+`pretrain.init_from` the network starts from that language model (`tasks/lib/base_model.py`:
+the whole LM when the objective is the same, else its body) instead of random weights. The
+output folder is itself a language model another run can start from: weights, checkpoint.json
+and the tokenizer. With `pretrain.nproc_per_node` > 1 the stage re-launches itself under
+torchrun (DDP).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_model
+from safetensors.torch import load_model, save_model
 from tqdm import tqdm
 
 from models.build import decay_groups, model_config
 from models.objectives import Objective, SpecialTokens, create, n_targets
-from tasks.lib import catalog
+from tasks.lib import base_model, catalog
 from tasks.lib.common import StageError, run_stage, seed_everything
 from tasks.lib.config import Params, load_params
 from tasks.lib.engine import Engine, is_rank_zero, maybe_compile, micro_slices, relaunch_under_torchrun, wrap_ddp
@@ -112,6 +117,21 @@ def evaluate_lm(model, rows: torch.Tensor, objective: Objective, params: Params,
     return total / max(count, 1)
 
 
+def start_from(model, params: Params, objective: Objective, config: dict, tokenizer_file: Path) -> dict | None:
+    """Load `pretrain.init_from` into `model` after checking it fits; its lineage, or None."""
+    if not params.pretrain.init_from:
+        return None
+    with base_model.opened(params.pretrain.init_from) as base:
+        base.check_fits(tokenizer_file, config)
+        same_objective = base.meta["objective"] == objective.name
+        # Another objective's head predicts something else: only the body carries over.
+        target, weights = (model, catalog.WEIGHTS) if same_objective else (model.body, catalog.BODY_WEIGHTS)
+        load_model(target, str(base.folder / weights))
+        print(f"pretrain: starting from {base.source}" + (f" (version {base.version})" if base.version else "")
+              + ("" if same_objective else f", its body only (it was trained with {base.meta['objective']})"))  # fmt: skip
+        return base.lineage()
+
+
 def inputs_of(data_dir: Path) -> list[Path]:
     """The token files pretraining reads (the resume state belongs to exactly these)."""
     return [data_dir / catalog.CORPUS_TOKENS.name]
@@ -149,7 +169,10 @@ def pretrain(
     corpus = TokenShards(data_dir / catalog.CORPUS_TOKENS.name)  # memory-mapped, never loaded whole
     val_blocks = validation_blocks(data_dir, width)
     config = lm_config(params, objective)
-    model = objective.language_model(config).to(device)
+    model = objective.language_model(config)
+    # DDP copies rank 0's weights to the other ranks when it wraps the model.
+    init_from = start_from(model, params, objective, config, tokenizer_file) if run.is_main else None
+    model = model.to(device)
     optimizer = torch.optim.AdamW(decay_groups(model, p.weight_decay), lr=p.lr, betas=(0.9, 0.98))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(p.warmup_steps, p.max_steps))
     gen = torch.Generator().manual_seed(params.seed)
@@ -194,11 +217,12 @@ def pretrain(
         summary |= {"mean_tokens_per_s": summary["tokens_seen"] / summary["wall_s"],
                     "matmul_peak_gflops": meter.peak / 1e9}  # fmt: skip
     meta = {"model_config": config, "objective": objective.name, "step": p.max_steps, "seed": params.seed,
-            "pretrain": p.model_dump(), **summary}  # fmt: skip
+            "pretrain": p.model_dump(), "init_from": init_from, **summary}  # fmt: skip
 
     def save(folder: Path, meta: dict) -> None:
         save_checkpoint(folder, model.cpu(), meta, optimizer)
         save_model(model.body, str(folder / catalog.BODY_WEIGHTS))
+        shutil.copyfile(tokenizer_file, folder / catalog.LM_TOKENIZER)  # so the folder is a reusable LM
 
     run.finish(out_dir, meta, save)
     return summary

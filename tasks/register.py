@@ -35,6 +35,13 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in RUNTIME_PACKAGES]
 
 
+def base_model_tag(base: dict | None) -> str:
+    """The language model the classifier's pretraining started from ("none": random weights)."""
+    if not base:
+        return "none"
+    return base["source"] + (f" (version {base['version']})" if base.get("version") else "") + f" sha256 {base['weights_sha256'][:12]}"
+
+
 def register(params: Params) -> dict:
     import mlflow
     import pandas as pd
@@ -94,6 +101,7 @@ def register(params: Params) -> dict:
         "pipeline_run_id": os.environ.get(PARENT_ENV, ""),
         "evaluation_report": f"runs:/{run_id}/evaluation/{catalog.REPORT_PAGE}",
         "model_card": f"runs:/{run_id}/model_card.md",
+        "base_model": base_model_tag(meta.get("base_model")),
     }
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)
@@ -113,6 +121,7 @@ def register(params: Params) -> dict:
         "run_id": tags["source_run_id"],
         "git_commit": tags["git_commit"],
         "data_hash": tags["data_hash"],
+        "base_model": tags["base_model"],
     }
     write_json_atomic(catalog.REGISTERED, record)
     return record

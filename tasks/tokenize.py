@@ -1,6 +1,11 @@
-"""tokenize: train a subword tokenizer on the training split only, encode every split and the corpus.
+"""tokenize: train a subword tokenizer (or reuse a base model's), encode every split and the corpus.
 
 python -m tasks.tokenize          # reads data/validated/ and data/corpus/, writes checkpoints/tokenizer/ and data/tokenized/
+
+The tokenizer learns from the labelled training split (`tokenize.fit_on: train`) or from the
+whole corpus (`corpus`: what a base model, reused on other datasets, wants); never from
+validation or test text. With `pretrain.init_from` the base model's tokenizer is reused as it
+is, so the data gets the ids its weights were trained on.
 
 The corpus (data/corpus, unlabelled, for pretraining only) is encoded untruncated, one shard
 per process, into one flat array of token ids per shard (`data/tokenized/corpus/*.npy`) that
@@ -18,7 +23,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from tqdm import tqdm
 
 from models.inference import encode
-from tasks.lib import catalog
+from tasks.lib import base_model, catalog
 from tasks.lib.common import StageError, atomic_dir, run_stage, write_json_atomic
 from tasks.lib.config import TokenizeParams, load_params
 from tasks.lib.vocab import SPECIAL_TOKENS
@@ -58,9 +63,9 @@ def build_tokenizer(cfg: TokenizeParams) -> tuple[Tokenizer, object]:
     return tok, trainer
 
 
-def train_tokenizer(texts: list[str], cfg: TokenizeParams) -> Tokenizer:
+def train_tokenizer(texts, cfg: TokenizeParams) -> Tokenizer:
     tok, trainer = build_tokenizer(cfg)
-    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    tok.train_from_iterator(texts, trainer=trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
@@ -104,13 +109,30 @@ def encode_corpus(tok: Tokenizer, corpus_dir: Path, out_dir: Path) -> dict:
     return {"corpus_documents": sum(d for d, _ in done), "corpus_tokens": sum(t for _, t in done)}
 
 
-def tokenize(cfg: TokenizeParams, labels: list[str], root: Path = Path(".")) -> dict:
-    """Read `root`'s validated splits; write its tokenized splits and tokenizer."""
+def corpus_texts(corpus_dir: Path):
+    """The corpus, one shard at a time (never all in memory)."""
+    for shard in sorted(corpus_dir.glob("shard-*.parquet")):
+        yield from pd.read_parquet(shard)["text"].tolist()
+
+
+def fitted_tokenizer(cfg: TokenizeParams, init_from: str | None, train_texts: list[str], corpus_dir: Path) -> Tokenizer:
+    """The base model's tokenizer (with this run's truncation), or a new one fitted on `cfg.fit_on`."""
+    if init_from:
+        with base_model.opened(init_from) as base:
+            tok = Tokenizer.from_file(str(base.tokenizer_file))
+        tok.enable_truncation(cfg.max_length)
+        print(f"tokenize: reusing the tokenizer of {init_from} (pretrain.init_from)")
+        return tok
+    return train_tokenizer(train_texts if cfg.fit_on == "train" else corpus_texts(corpus_dir), cfg)
+
+
+def tokenize(cfg: TokenizeParams, labels: list[str], root: Path = Path("."), init_from: str | None = None) -> dict:
+    """Read `root`'s validated splits and corpus; write its tokenized splits and tokenizer."""
     import datasets
 
     out_dir, tokenizer_dir = catalog.at(root, catalog.TOKENIZED), catalog.at(root, catalog.TOKENIZER)
     splits = {s: pd.read_parquet(catalog.at(root, catalog.split_file(s))) for s in catalog.SPLITS}
-    tok = train_tokenizer(splits["train"]["text"].tolist(), cfg)
+    tok = fitted_tokenizer(cfg, init_from, splits["train"]["text"].tolist(), catalog.at(root, catalog.CORPUS))
     label_ids = {name: i for i, name in enumerate(labels)}
     stats = {"vocab_size": tok.get_vocab_size()}
     with atomic_dir(out_dir) as tmp:
@@ -133,10 +155,11 @@ def main() -> None:
     from tasks.lib.tracking import stage_run
 
     params = load_params()
-    with stage_run("tokenize", {"tokenize": params.tokenize.model_dump()}):
+    section = {"tokenize": params.tokenize.model_dump(), "pretrain": {"init_from": params.pretrain.init_from}}
+    with stage_run("tokenize", section):
         import mlflow
 
-        stats = tokenize(params.tokenize, params.ingest.labels)
+        stats = tokenize(params.tokenize, params.ingest.labels, init_from=params.pretrain.init_from)
         mlflow.log_metrics(stats)
     print(
         f"tokenize: vocabulary {stats['vocab_size']}, {stats['train_tokens']:,} training tokens, "

@@ -149,7 +149,7 @@ def build_data(params) -> None:
     ingest(params.ingest, params.seed)
     validate(params)
     corpus(params)
-    tokenize(params.tokenize, params.ingest.labels)
+    tokenize(params.tokenize, params.ingest.labels, init_from=params.pretrain.init_from)
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
-from tasks.lib.pyfunc_model import _as_texts
+from models.requests import _as_texts
 
 
 def test_accepts_lists_arrays_series_and_frames():

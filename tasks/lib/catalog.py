@@ -40,12 +40,14 @@ WEIGHTS = "model.safetensors"
 BODY_WEIGHTS = "body.safetensors"  # a language model's body alone: what fine-tuning starts from
 META = "checkpoint.json"
 OPTIMIZER = "optimizer.safetensors"
+LM_TOKENIZER = TOKENIZER_FILE.name  # a language model folder carries the tokenizer its data was encoded with
 
 # evaluate -> register
 EVALUATION_REPORT = Path("reports/evaluation")
 PREDICTIONS = "predictions.csv"  # inside EVALUATION_REPORT
 METRICS = Path("reports/metrics.json")
 REGISTERED = Path("reports/registered.json")
+REGISTERED_LM = Path("reports/registered_lm.json")  # the base-model flow's registration
 HPO = Path("reports/hpo")
 REPORT_PAGE = "index.html"  # the HTML page inside each report folder
 

@@ -131,6 +131,7 @@ class TokenizeParams(_Section):
     lowercase: bool
     collapse_urls: bool
     max_length: int = Field(ge=8)
+    fit_on: Literal["train", "corpus"]  # the text the tokenizer is trained on (ignored with pretrain.init_from)
 
 
 Arch = Literal["transformer", "rnn", "lstm", "gru"]
@@ -200,6 +201,9 @@ class PretrainParams(_TrainingParams):
     mask_prob: float = Field(gt=0, lt=1)
     log_every: int = Field(ge=1)
     checkpoint_every: int = Field(ge=1)
+    # An earlier language model to continue from (a folder pretrain wrote, or models:/<name>@<alias>);
+    # None: random weights. Its tokenizer and network shape are reused and must match params.
+    init_from: str | None = Field(min_length=1)
 
 
 class FinetuneParams(_TrainingParams):
@@ -220,6 +224,13 @@ class RegisterParams(_Section):
     model_name: str = Field(min_length=1)
     alias: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
     max_texts_per_request: int = Field(ge=1)  # the served model refuses larger requests
+
+
+class BaseModelParams(_Section):
+    """Where the base-model flow registers the language model it trains."""
+
+    name: str = Field(min_length=1)
+    alias: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
 class PromoteParams(_Section):
@@ -243,6 +254,7 @@ class Params(_Section):
     finetune: FinetuneParams
     evaluate: EvaluateParams
     register_: RegisterParams = Field(alias="register")
+    base_model: BaseModelParams
     promote: PromoteParams
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -32,12 +32,18 @@ def lock_stages(lock_file: Path = catalog.DVC_LOCK) -> dict:
     return (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {}) if lock_file.exists() else {}
 
 
+def out_hash(path: Path, lock_file: Path = catalog.DVC_LOCK) -> str:
+    """The md5 DVC recorded for the stage output `path` ("unknown" if none)."""
+    for stage in lock_stages(lock_file).values():
+        for out in stage.get("outs", []):
+            if out.get("path") == str(path):
+                return out.get("md5", "unknown")
+    return "unknown"
+
+
 def data_hash(lock_file: Path = catalog.DVC_LOCK) -> str:
     """The md5 DVC recorded for data/validated: the exact data a model was trained on."""
-    for out in lock_stages(lock_file).get("validate", {}).get("outs", []):
-        if out.get("path") == str(catalog.VALIDATED):
-            return out.get("md5", "unknown")
-    return "unknown"
+    return out_hash(catalog.VALIDATED, lock_file)
 
 
 def lineage_params(params, lock_file: Path = catalog.DVC_LOCK) -> dict:

@@ -78,6 +78,7 @@ Input: raw strings; output: a label and one probability per class.
 
 ## Training
 - Network: {how}.
+- Pretraining started from: {lineage.get("base_model", "none")} (`none`: random weights).
 - Code: git commit `{lineage["git_commit"]}`; seed {finetuned.get("seed")}.
 - Params: the `params` tag of this version (as recorded in dvc.lock).
 

@@ -10,7 +10,6 @@ prediction are `models.inference`, the code `evaluate` scores the test split wit
 import json
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import set_model
@@ -21,8 +20,7 @@ from tokenizers import Tokenizer
 from models.build import build_classifier
 from models.checksum import file_sha256
 from models.inference import encode, predict_proba
-
-TEXT_COLUMN = "text"
+from models.requests import texts_of
 
 
 class ModelLoadError(RuntimeError):
@@ -50,46 +48,14 @@ class TextClassifier(PythonModel):
         self.model.eval()
 
     # The DataFrame hint tells MLflow to keep the explicit signature rather than infer one;
-    # lists, arrays and Series are accepted too (see _as_texts).
+    # lists, arrays and Series are accepted too (see models.requests).
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        texts = _as_texts(model_input)
-        if not texts:
-            raise mlflow.exceptions.MlflowException.invalid_parameter_value("no texts: send at least one string")
-        if len(texts) > self.max_texts:
-            raise mlflow.exceptions.MlflowException.invalid_parameter_value(
-                f"{len(texts)} texts in one request; the limit is {self.max_texts}: split the request"
-            )
+        texts = texts_of(model_input, self.max_texts)
         proba = predict_proba(self.model, encode(self.tokenizer, texts))
         out = pd.DataFrame({"label": [self.labels[i] for i in proba.argmax(1)]})
         for i, name in enumerate(self.labels):
             out[f"proba_{name}"] = proba[:, i].astype(np.float64)
         return out
-
-
-def _as_texts(model_input) -> list[str]:
-    """Accept a list/array/Series of strings or a DataFrame with a `text` column; reject the rest."""
-    if isinstance(model_input, pd.DataFrame):
-        # A plain list arrives here as a one-column frame named 0.
-        if TEXT_COLUMN in model_input.columns:
-            values = model_input[TEXT_COLUMN].tolist()
-        elif list(model_input.columns) == [0]:
-            values = model_input.iloc[:, 0].tolist()
-        else:
-            raise mlflow.exceptions.MlflowException.invalid_parameter_value(
-                f"input must have a '{TEXT_COLUMN}' column; got {list(model_input.columns)}"
-            )
-    elif isinstance(model_input, (list, tuple, np.ndarray, pd.Series)):
-        values = list(model_input)
-    else:
-        raise mlflow.exceptions.MlflowException.invalid_parameter_value(
-            f"input must be a list of strings or a DataFrame with a '{TEXT_COLUMN}' column; got {type(model_input).__name__}"
-        )
-    bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
-    if bad:
-        raise mlflow.exceptions.MlflowException.invalid_parameter_value(
-            f"every input must be a string; item(s) {bad[:5]} are not"
-        )
-    return values
 
 
 set_model(TextClassifier())
