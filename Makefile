@@ -12,7 +12,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup run repro test test-fast deploy promote clean
+.PHONY: setup run base repro test test-fast deploy promote clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ setup: $(VENV)/.installed
 run: setup
 	$(if $(PROFILE),$(BIN)/python -m tasks.profile $(PROFILE))
 	$(BIN)/python -m flows.pipeline
+
+# A base language model, registered for reuse: make base PROFILE=base_tweets (README, "Unlabelled text").
+base: setup
+	$(BIN)/python -m flows.base_model $(if $(PROFILE),--profile $(PROFILE))
 
 repro: setup
 	$(BIN)/dvc repro
@@ -48,4 +52,4 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
 clean:
-	rm -rf data/raw data/validated data/tokenized checkpoints/* reports/* .prefect mlflow.db mlartifacts
+	rm -rf data/raw data/validated data/corpus data/tokenized checkpoints/* reports/* .prefect mlflow.db mlartifacts

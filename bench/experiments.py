@@ -96,6 +96,8 @@ def collect(profile: str, model: str, seed: int, extra: str, wall_s: float, root
         "pretrain_s": pretrained.get("wall_s") if pretrained_run else 0.0,
         "pretrain_tokens": pretrained.get("tokens_seen") if pretrained_run else 0,
         "pretrain_val_loss": pretrained.get("val_loss") if pretrained_run else None,
+        # the base language model the pretraining continued from (pretrain.init_from), if any
+        "base_model": (pretrained.get("init_from") or {}) if pretrained_run else {},
         "finetune_s": finetuned["wall_s"],
         "finetune_tokens": stats["train_tokens"] * finetuned["epochs_run"],
         "experiment_s": wall_s,
@@ -172,6 +174,7 @@ def summarise(runs: list[dict]) -> dict:
                 "pretrain_tokens": 0,
                 "finetune_tokens": 0,
                 "pretrain_val_loss": None,
+                "base_model": {},
             }  # fmt: skip
         )
     out = {}
@@ -188,6 +191,7 @@ def summarise(runs: list[dict]) -> dict:
             "pretrain_s": statistics.fmean(r["pretrain_s"] or 0 for r in rs),
             "finetune_s": statistics.fmean(r["finetune_s"] for r in rs),
             "pretrain_tokens": statistics.fmean(r["pretrain_tokens"] or 0 for r in rs),
+            "base_tokens": statistics.fmean((r.get("base_model") or {}).get("tokens_seen") or 0 for r in rs),
             "finetune_tokens": statistics.fmean(r["finetune_tokens"] for r in rs),
             "curves": [r["val_curve"] for r in rs if "val_curve" in r and r["model"] != "tfidf"],
             # the pretraining objective's loss on the validation text (MLM or next-token)
@@ -306,15 +310,15 @@ def report(runs: list[dict], notes: str = "") -> str:
         "",
     ]
     for p in sorted({k[0] for k in summary}):
-        lines += [f"## {p}", "", "| model | seeds | test accuracy | test macro-F1 | pretrain s | fine-tune s | pretrain tokens | fine-tune tokens | LM val loss |",
-                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"## {p}", "", "| model | seeds | test accuracy | test macro-F1 | pretrain s | fine-tune s | pretrain tokens | base-model tokens | fine-tune tokens | LM val loss |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for (_, m, extra), c in sorted(
             ((k, v) for k, v in summary.items() if k[0] == p), key=lambda kv: (list(LABELS).index(kv[0][1]), kv[0][2])
         ):
             name = LABELS[m] + (f" + {extra}" if extra else "")
             lines.append(
                 f"| {name} | {c['n']} | {c['acc']:.4f} ± {c['acc_sd']:.4f} | {c['f1']:.4f} ± {c['f1_sd']:.4f} | "
-                f"{c['pretrain_s']:.0f} | {c['finetune_s']:.0f} | {c['pretrain_tokens']:,.0f} | {c['finetune_tokens']:,.0f} | "
+                f"{c['pretrain_s']:.0f} | {c['finetune_s']:.0f} | {c['pretrain_tokens']:,.0f} | {c['base_tokens']:,.0f} | {c['finetune_tokens']:,.0f} | "
                 f"{'' if c['lm_val_loss'] is None else format(c['lm_val_loss'], '.3f')} |"
             )
         lines += ["", f"![validation curves](results/validation_{p}.png)", ""]

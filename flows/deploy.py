@@ -1,4 +1,5 @@
-"""Deployments as code: the scheduled pipeline, its training deployment, and promotion.
+"""Deployments as code: the scheduled pipeline, its training deployment, promotion, and the
+base-language-model flow.
 
     prefect server start --host 127.0.0.1 --port 4200            # or a team server / Prefect Cloud
     export PREFECT_API_URL=http://127.0.0.1:4200/api
@@ -8,12 +9,14 @@
     prefect worker start --pool cpu                               # on the data machine
     prefect worker start --pool gpu                               # on the GPU machine
     prefect deployment run text-classifier-pipeline/scheduled     # or wait for the schedule
+    prefect deployment run base-language-model/on-demand -p profile=base_tweets
 
 | deployment | work pool | runs |
 | --- | --- | --- |
 | `text-classifier-pipeline/scheduled` | `cpu` | ingest, validate, tokenize, evaluate, register; calls `train/gpu` |
 | `train/gpu` | `gpu` | pretrain, finetune (in the GPU machine's clone of the repo) |
 | `promote/on-demand` | `cpu` | the promotion flow |
+| `base-language-model/on-demand` | `cpu` | ingest, validate, corpus, tokenize, register_lm; calls `train/gpu` for pretrain |
 
 Each deployment's code and DVC workspace is a folder on the machine its pool's worker runs
 on (`--cpu-workspace`, `--gpu-workspace`: clones of this repository at the same commit,
@@ -29,6 +32,7 @@ from pathlib import Path
 PIPELINE = "text-classifier-pipeline/scheduled"
 TRAIN = "train/gpu"
 PROMOTE = "promote/on-demand"
+BASE = "base-language-model/on-demand"
 TAGS = ["text-classifier"]
 
 
@@ -59,12 +63,14 @@ def deploy(
     cpu_pool: str = "cpu",
     gpu_pool: str = "gpu",
 ) -> dict[str, str]:
-    """Register (or update) the three deployments; returns their names and ids."""
+    """Register (or update) the four deployments; returns their names and ids."""
     ids = {
         TRAIN: _deploy(TRAIN, gpu_workspace, "flows/pipeline.py:train", gpu_pool, "training", gpu_env),
         PIPELINE: _deploy(PIPELINE, cpu_workspace, "flows/pipeline.py:pipeline", cpu_pool, "pipeline", None,
                           {"refresh_source": True, "profile": profile, "training_deployment": TRAIN}, cron=cron),
         PROMOTE: _deploy(PROMOTE, cpu_workspace, "flows/promote.py:promote", cpu_pool, "promotion"),
+        BASE: _deploy(BASE, cpu_workspace, "flows/base_model.py:base_model", cpu_pool, "base-model", None,
+                      {"training_deployment": TRAIN}),  # run with -p profile=base_tweets
     }  # fmt: skip
     return {name: str(i) for name, i in ids.items()}
 

@@ -137,6 +137,20 @@ def publish_validation(root: Path) -> None:
     mlflow.set_tag("validation", "passed" if results["success"] else "failed")
 
 
+def publish_corpus(root: Path) -> None:
+    """The corpus section (sources, kept, dropped by reason, tokens) beside the validation
+    verdict: a Prefect artifact and the MLflow parent run's `corpus/` artifacts."""
+    import mlflow
+
+    from tasks.lib.corpus_report import markdown
+
+    stats = [catalog.at(root, p) for p in (catalog.CORPUS_STATS, catalog.TOKEN_STATS)]
+    if not all(p.exists() for p in stats):
+        return
+    create_markdown_artifact(markdown(*(read_json(p) for p in stats)), key="data-corpus")
+    mlflow.log_artifacts(str(catalog.at(root, catalog.CORPUS_REPORT)), "corpus")
+
+
 def stage_timeout(stage: str) -> float | None:
     """Seconds a stage may run before it is stopped (env PIPELINE_TIMEOUT_<STAGE>); none by default."""
     value = os.environ.get(f"PIPELINE_TIMEOUT_{stage.upper()}")
@@ -263,6 +277,8 @@ def run_stages(stages, root: Path, parent_run_id: str, params, refresh_source: b
         state = stage_task(stage, root, parent_run_id, force, params.ingest.source)
         if stage == "validate":
             publish_validation(root)
+        if stage == "tokenize" and not state.is_failed():
+            publish_corpus(root)
         if state.is_failed():
             mlflow.set_tag("failed_stage", stage)
             mlflow.end_run(status="FAILED")

@@ -6,8 +6,8 @@ sources in params.yaml's `corpus` section.
 Every text is cleaned like labelled text and kept only when it is long enough, free of
 encoding damage, new (exact and after normalisation, across all sources), and neither equal
 to a validation or test text nor containing one of at least `corpus.min_leak_words` words.
-Sources stream through a chunk at a time into parquet shards; only 8-byte digests of the kept
-texts stay in memory. What was read, kept and dropped, by reason, goes to data/corpus/stats.json.
+Sources stream through a chunk at a time into parquet shards; the 8-byte digests of the kept
+texts go to an SQLite file beside the shards (deleted at the end), so memory stays flat. What was read, kept and dropped, by reason, goes to data/corpus/stats.json.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tasks.lib.corpus_sources import read_texts
 from tasks.lib.sources import ReadSpec
 
 TRAIN_TEXT = "the labelled training split"
+SEEN_FILE = ".seen.sqlite"  # scratch: the digests of kept texts, while the stage runs
 
 
 def layout(source: CorpusSource) -> ReadSpec:
@@ -67,18 +68,20 @@ def corpus(params: Params, root: Path = Path(".")) -> dict:
     c = params.corpus
     held_out = [pd.read_parquet(catalog.at(root, catalog.split_file(s)))["text"] for s in ("validation", "test")]
     held = HeldOut(pd.concat(held_out).tolist(), c.min_leak_words)
-    seen, report = Seen(), []
+    report = []
     with atomic_dir(catalog.at(root, catalog.CORPUS)) as tmp:
-        shards = ShardWriter(tmp, c.shard_docs)
-        for name, chunks in sources(c, root):
+        seen, shards = Seen(tmp / SEEN_FILE), ShardWriter(tmp, c.shard_docs)
+        for index, (name, chunks) in enumerate(sources(c, root)):
             counts: Counter = Counter()
             with tqdm(desc=f"corpus {name}", unit=" texts", mininterval=5) as bar:
                 for chunk in chunks:
-                    shards.write(accepted(chunk, held, seen, counts, c.min_chars, params.ingest.clean_text))
+                    shards.write(accepted(chunk, held, seen, counts, c.min_chars, params.ingest.clean_text), index)
                     bar.update(len(chunk))
             check(name, counts, c)
             report.append({"source": name, **counts})
         shards.flush()
+        seen.close()
+        (tmp / SEEN_FILE).unlink()
         stats = {"sources": report, "documents": shards.documents, "shards": shards.shards}
         write_json_atomic(tmp / catalog.CORPUS_STATS.name, stats)
     return stats
@@ -96,7 +99,10 @@ def main() -> None:
         mlflow.log_dict(stats, catalog.CORPUS_STATS.name)
     for s in stats["sources"]:
         dropped = ", ".join(f"{k} {v:,}" for k, v in s.items() if k not in ("source", "read", "kept"))
-        print(f"corpus: {s['source']}: {s['read']:,} read, {s['kept']:,} kept" + (f" (dropped: {dropped})" if dropped else ""))
+        print(
+            f"corpus: {s['source']}: {s['read']:,} read, {s['kept']:,} kept"
+            + (f" (dropped: {dropped})" if dropped else "")
+        )
     print(f"corpus: {stats['documents']:,} texts in {stats['shards']} shard(s)")
 
 

@@ -39,7 +39,11 @@ def base_model_tag(base: dict | None) -> str:
     """The language model the classifier's pretraining started from ("none": random weights)."""
     if not base:
         return "none"
-    return base["source"] + (f" (version {base['version']})" if base.get("version") else "") + f" sha256 {base['weights_sha256'][:12]}"
+    return (
+        base["source"]
+        + (f" (version {base['version']})" if base.get("version") else "")
+        + f" sha256 {base['weights_sha256'][:12]}"
+    )
 
 
 def register(params: Params) -> dict:

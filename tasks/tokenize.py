@@ -23,8 +23,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from tqdm import tqdm
 
 from models.inference import encode
-from tasks.lib import base_model, catalog
-from tasks.lib.common import StageError, atomic_dir, run_stage, write_json_atomic
+from tasks.lib import base_model, catalog, corpus_report
+from tasks.lib.common import StageError, atomic_dir, read_json, run_stage, write_json_atomic
 from tasks.lib.config import TokenizeParams, load_params
 from tasks.lib.vocab import SPECIAL_TOKENS
 
@@ -74,19 +74,23 @@ def train_tokenizer(texts, cfg: TokenizeParams) -> Tokenizer:
     return tok
 
 
-def encode_shard(job: tuple[str, str, str]) -> tuple[int, int]:
+def encode_shard(job: tuple[str, str, str]) -> tuple[int, np.ndarray]:
     """One corpus shard (parquet) to one .npy of token ids, documents end to end, each
-    [CLS] ... [SEP] and never cut. Returns (documents, tokens). Runs in a worker process."""
+    [CLS] ... [SEP] and never cut. Returns (documents, tokens per source index). Runs in a
+    worker process."""
     tokenizer_json, shard, out = job
     tok = Tokenizer.from_str(tokenizer_json)
     tok.no_truncation()
-    texts = pd.read_parquet(shard)["text"].tolist()
+    frame = pd.read_parquet(shard)
+    texts, origin = frame["text"].tolist(), frame["source"].to_numpy()
     dtype = np.uint16 if tok.get_vocab_size() <= np.iinfo(np.uint16).max + 1 else np.uint32
-    parts = [np.fromiter((i for ids in encode(tok, texts[k : k + 10_000]) for i in ids), dtype=dtype)
-             for k in range(0, len(texts), 10_000)]  # fmt: skip
-    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-    np.save(out, ids)
-    return len(texts), len(ids)
+    parts, lengths = [], []
+    for k in range(0, len(texts), 10_000):
+        ids = encode(tok, texts[k : k + 10_000])
+        lengths += [len(x) for x in ids]
+        parts.append(np.fromiter((i for x in ids for i in x), dtype=dtype))
+    np.save(out, np.concatenate(parts) if parts else np.zeros(0, dtype=dtype))
+    return len(texts), np.bincount(origin, weights=lengths).astype(np.int64) if len(texts) else np.zeros(0, np.int64)
 
 
 def encode_corpus(tok: Tokenizer, corpus_dir: Path, out_dir: Path) -> dict:
@@ -106,7 +110,11 @@ def encode_corpus(tok: Tokenizer, corpus_dir: Path, out_dir: Path) -> dict:
     else:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             done = list(tqdm(pool.imap(encode_shard, jobs), **progress))  # imap keeps the shards' order
-    return {"corpus_documents": sum(d for d, _ in done), "corpus_tokens": sum(t for _, t in done)}
+    by_source = np.zeros(max((len(t) for _, t in done), default=0), np.int64)
+    for _, tokens in done:
+        by_source[: len(tokens)] += tokens
+    return {"corpus_documents": sum(d for d, _ in done), "corpus_tokens": int(by_source.sum()),
+            "corpus_tokens_by_source": [int(t) for t in by_source]}  # fmt: skip
 
 
 def corpus_texts(corpus_dir: Path):
@@ -148,6 +156,9 @@ def tokenize(cfg: TokenizeParams, labels: list[str], root: Path = Path("."), ini
     with atomic_dir(tokenizer_dir) as tmp:
         tok.save(str(tmp / catalog.TOKENIZER_FILE.name))
         write_json_atomic(tmp / catalog.LABELS_FILE.name, labels)
+    with atomic_dir(catalog.at(root, catalog.CORPUS_REPORT)) as tmp:
+        corpus_stats = read_json(catalog.at(root, catalog.CORPUS_STATS))
+        (tmp / catalog.REPORT_PAGE).write_text(corpus_report.render_html(corpus_stats, stats))
     return stats
 
 
@@ -160,7 +171,8 @@ def main() -> None:
         import mlflow
 
         stats = tokenize(params.tokenize, params.ingest.labels, init_from=params.pretrain.init_from)
-        mlflow.log_metrics(stats)
+        mlflow.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))})
+        mlflow.log_artifacts(str(catalog.CORPUS_REPORT), "corpus")
     print(
         f"tokenize: vocabulary {stats['vocab_size']}, {stats['train_tokens']:,} training tokens, "
         f"{stats['corpus_tokens']:,} corpus tokens for pretraining"

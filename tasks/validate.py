@@ -26,6 +26,7 @@ from tasks.lib.catalog import SPLITS, split_file
 from tasks.lib.common import StageError, atomic_dir, read_json, run_stage, write_json_atomic
 from tasks.lib.config import Params, load_params
 from tasks.lib.contract import DAMAGE_REGEX, quarantine, snapshot, snapshot_checks
+from tasks.lib.report_html import STYLE, table
 from tasks.lib.textclean import normalise
 
 RESULTS = "results.json"  # inside the report folder: the verdict the flow publishes
@@ -125,18 +126,6 @@ def _to_check(split: str, r) -> Check:
     )
 
 
-def _table(headers: list[str], rows: list[list], row_ok: list[bool] | None = None) -> str:
-    esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join(
-        f"<tr class='{'' if row_ok is None else ('ok' if row_ok[i] else 'bad')}'>"
-        + "".join(f"<td>{esc('' if v is None else str(v))}</td>" for v in row)
-        + "</tr>"
-        for i, row in enumerate(rows)
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def quarantine_summary(quarantined: pd.DataFrame) -> list[dict]:
     return [
         {
@@ -177,22 +166,18 @@ def render_report(checks: list[Check], contract: list[dict], quarantined: list[d
     ]
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Data validation: {verdict}</title>
-<style>
-body{{font-family:system-ui,sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;margin-bottom:2em}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top;font-size:14px}}
-th{{background:#f0f0f0}} tr.bad td{{background:#fde2e2}}
-h1.pass{{color:#15803d}} h1.fail{{color:#b91c1c}}
-</style></head><body>
+{STYLE}</head><body>
 <h1 class="{"pass" if n_failed == 0 else "fail"}">Data validation {verdict}</h1>
 <p>Source: {html.escape(str(ingest_stats.get("source", "")))}</p>
-<h2>What ingest read and cleaned</h2>{_table(["step", "rows"], cleaning)}
-<h2>Splits before quarantine</h2>{_table(["split", "rows", "labels"], splits)}
+<h2>What ingest read and cleaned</h2>{table(["step", "rows"], cleaning)}
+<h2>Splits before quarantine</h2>{table(["split", "rows", "labels"], splits)}
 <h2>Quarantined rows</h2>
-{_table(["reason", "rows", "by split", "examples"], quarantine_rows) if quarantine_rows else "<p>None.</p>"}
+{table(["reason", "rows", "by split", "examples"], quarantine_rows) if quarantine_rows else "<p>None.</p>"}
 <h2>Contract and drift (previous accepted version beside this one)</h2>
-{_table(["check", "previous version", "this version", "measured", "limit", "result"], contract_rows, [c["success"] for c in contract])}
+{table(["check", "previous version", "this version", "measured", "limit", "result"], contract_rows, [c["success"] for c in contract])}
 <h2>Great Expectations suite (accepted rows)</h2>
-{_table(["split", "expectation", "column", "result", "observed", "unexpected rows", "examples"], expectation_rows, [c.success for c in checks])}
+{table(["split", "expectation", "column", "result", "observed", "unexpected rows", "examples"], expectation_rows, [c.success for c in checks])}
+<p>The unlabelled text pretraining reads is reported by the corpus and tokenize stages: <a href="../corpus/index.html">corpus report</a>.</p>
 </body></html>
 """
 

@@ -41,13 +41,22 @@ def test_sources_join_the_training_text_and_are_tokenized_untruncated(workdir):
     assert by_source["wiki.txt"]["kept"] == 40 and by_source["wiki.txt"]["empty after cleaning"] == 1
     assert stats["shards"] == -(-stats["documents"] // 16) > 1
     first = pd.read_parquet("data/corpus/shard-00000.parquet")["text"].tolist()
-    assert "the crew on flight 0 was friendly and the landing was smooth-long" in pd.concat(
-        pd.read_parquet(p)["text"] for p in sorted(Path("data/corpus").glob("*.parquet"))).tolist()
+    assert (
+        "the crew on flight 0 was friendly and the landing was smooth-long"
+        in pd.concat(pd.read_parquet(p)["text"] for p in sorted(Path("data/corpus").glob("*.parquet"))).tolist()
+    )
     assert first and read_json("data/corpus/stats.json") == stats
     token_stats = tokenize(params.tokenize.model_copy(update={"max_length": 8}), params.ingest.labels)
     assert token_stats["corpus_documents"] == stats["documents"]
     assert token_stats["corpus_tokens"] / stats["documents"] > 8  # pretraining text is never truncated
     assert len(list(Path("data/tokenized/corpus").glob("*.npy"))) == stats["shards"]
+    # The corpus report: every source with its counts, and tokens per source that add up.
+    by_source_tokens = token_stats["corpus_tokens_by_source"]
+    assert len(by_source_tokens) == 2 and sum(by_source_tokens) == token_stats["corpus_tokens"]
+    assert all(t > 0 for t in by_source_tokens)
+    page = Path("reports/corpus/index.html").read_text()
+    assert "wiki.txt" in page and TRAIN_TEXT in page and "empty after cleaning: 1" in page
+    assert f"{by_source_tokens[1]:,}" in page and f"{token_stats['corpus_tokens']:,} tokens" in page
 
 
 def test_held_out_text_never_reaches_the_corpus(workdir):
@@ -135,3 +144,62 @@ def test_an_interrupted_tokenize_leaves_the_last_shards_and_a_rerun_writes_the_s
     again = tokenize(params.tokenize, params.ingest.labels)
     assert again == first
     assert {p.name: p.read_bytes() for p in Path("data/tokenized/corpus").glob("*.npy")} == shards
+
+
+def _digests(folder: Path, pattern: str) -> dict:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob(pattern))}
+
+
+def _kill_when(cmd: list[str], ready, timeout_s: float = 120) -> None:
+    """Start `cmd` in its own process group and SIGKILL the whole group once `ready()` holds."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, *cmd], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        assert proc.poll() is None, f"{cmd} finished before it could be killed: make its input larger"
+        assert time.monotonic() < deadline, f"{cmd} never reached the point to kill it at"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_killed_corpus_and_tokenize_rerun_to_the_same_shards(workdir):
+    """SIGKILL in the middle of each stage, then a re-run: the same shards as a run that was
+    never interrupted, the previous good output in place meanwhile, no scratch left behind."""
+    import subprocess
+    import sys
+
+    lines = [f"passenger {i} wrote that flight {i % 977} from gate {i % 53} was {'late' if i % 3 else 'early'}"
+             for i in range(60_000)]  # fmt: skip
+    Path("big.txt").write_text("\n".join(lines) + "\n")
+    params = _data([{"path": "big.txt"}], shard_docs=5_000)
+    corpus(params)
+    tokenize(params.tokenize, params.ingest.labels)
+    shards, tokens = _digests(Path("data/corpus"), "*"), _digests(Path("data/tokenized/corpus"), "*.npy")
+    assert len(tokens) == 13  # 64 training texts + 60,000 lines, 5,000 a shard
+
+    # A corpus run killed after its second shard: the finished corpus stays as it was.
+    scratch = lambda name: list(Path(name).parent.glob(f".{Path(name).name}.tmp-*"))  # noqa: E731
+    _kill_when(["-m", "tasks.corpus"], lambda: any(len(list(d.glob("shard-*"))) >= 2 for d in scratch("data/corpus")))
+    assert _digests(Path("data/corpus"), "*") == shards and scratch("data/corpus")
+    subprocess.run([sys.executable, "-m", "tasks.corpus"], check=True, capture_output=True)
+    assert _digests(Path("data/corpus"), "*") == shards and not scratch("data/corpus")
+
+    # A tokenize run (and its worker processes) killed after its second token file.
+    _kill_when(["-m", "tasks.tokenize"],
+               lambda: any(len(list(d.glob("corpus/*.npy"))) >= 2 for d in scratch("data/tokenized")))  # fmt: skip
+    assert _digests(Path("data/tokenized/corpus"), "*.npy") == tokens
+    subprocess.run([sys.executable, "-m", "tasks.tokenize"], check=True, capture_output=True)
+    assert _digests(Path("data/tokenized/corpus"), "*.npy") == tokens and not scratch("data/tokenized")

@@ -20,6 +20,7 @@ VALIDATED = Path("data/validated")
 QUARANTINE = VALIDATED / "quarantine.parquet"
 SNAPSHOT = VALIDATED / "snapshot.json"  # what drift compares the next version with
 VALIDATION_REPORT = Path("reports/validation")
+CORPUS_REPORT = Path("reports/corpus")  # the corpus section: sources, kept, dropped, tokens (by tokenize)
 
 # corpus -> tokenize: unlabelled text, in shards, and its token ids, one memory-mappable file a shard
 CORPUS = Path("data/corpus")

@@ -8,6 +8,7 @@ import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from tasks.lib.contract import DAMAGE_REGEX
 from tasks.lib.textclean import clean_text, normalise
@@ -47,22 +48,46 @@ class HeldOut:
 
 
 class Seen:
-    """Texts already kept, as 8-byte digests (exact and normalised), so memory grows by a few
-    tens of bytes per kept text, not by the text."""
+    """Texts already kept, as 8-byte digests (exact and normalised) in an SQLite file, so
+    memory stays flat however large the corpus (`path` None: in memory, for small inputs).
+    A batch is checked with two indexed joins; within a batch, the first occurrence wins."""
 
-    def __init__(self):
-        self.exact: set[bytes] = set()
-        self.normalised: set[bytes] = set()
+    def __init__(self, path: Path | None = None):
+        import sqlite3
 
-    def reason(self, text: str, key: str) -> str | None:
-        exact, near = _digest(text), _digest(key)
-        if exact in self.exact:
-            return EXACT_DUPLICATE
-        if near in self.normalised:
-            return NEAR_DUPLICATE
-        self.exact.add(exact)
-        self.normalised.add(near)
-        return None
+        self.db = sqlite3.connect(str(path) if path else ":memory:")
+        self.db.executescript(
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-65536;"  # 64 MiB page cache
+            "CREATE TABLE exact(d INTEGER PRIMARY KEY); CREATE TABLE near(d INTEGER PRIMARY KEY);"
+            "CREATE TEMP TABLE batch(d INTEGER PRIMARY KEY);"
+        )
+
+    def reasons(self, texts: list[str], keys: list[str]) -> list[str | None]:
+        """Per text: EXACT_DUPLICATE, NEAR_DUPLICATE or None (new: now remembered)."""
+        exact, near = [_digest(t) for t in texts], [_digest(k) for k in keys]
+        known_exact, known_near = self._known("exact", exact), self._known("near", near)
+        out, new = [], []
+        for e, n in zip(exact, near, strict=True):
+            if e in known_exact:
+                out.append(EXACT_DUPLICATE)
+            elif n in known_near:
+                out.append(NEAR_DUPLICATE)
+            else:
+                out.append(None)
+                known_exact.add(e)
+                known_near.add(n)
+                new.append((e, n))
+        self.db.executemany("INSERT OR IGNORE INTO exact VALUES (?)", [(e,) for e, _ in new])
+        self.db.executemany("INSERT OR IGNORE INTO near VALUES (?)", [(n,) for _, n in new])
+        return out
+
+    def _known(self, table: str, digests: list[int]) -> set[int]:
+        self.db.execute("DELETE FROM batch")
+        self.db.executemany("INSERT OR IGNORE INTO batch VALUES (?)", [(d,) for d in digests])
+        return {d for (d,) in self.db.execute(f"SELECT batch.d FROM batch JOIN {table} USING (d)")}
+
+    def close(self) -> None:
+        self.db.close()
 
 
 def undo_wikitext(text: str) -> str:
@@ -75,16 +100,20 @@ def undo_wikitext(text: str) -> str:
 
 
 class ShardWriter:
-    """Kept texts into parquet shards of `shard_docs` texts each (shard-00000.parquet, ...)."""
+    """Kept texts into parquet shards of `shard_docs` texts each (shard-00000.parquet, ...),
+    each text with the index of its source (the order of stats.json's `sources`), so tokenize
+    can count every source's tokens."""
 
     def __init__(self, folder, shard_docs: int):
         self.folder, self.shard_docs = folder, shard_docs
         self.buffer: list[str] = []
+        self.origin: list[int] = []
         self.shards = self.documents = 0
 
-    def write(self, texts: Iterable[str]) -> None:
+    def write(self, texts: Iterable[str], source: int = 0) -> None:
         for text in texts:
             self.buffer.append(text)
+            self.origin.append(source)
             if len(self.buffer) == self.shard_docs:
                 self.flush()
 
@@ -93,19 +122,24 @@ class ShardWriter:
         import pyarrow.parquet as pq
 
         if self.buffer:
-            pq.write_table(pa.table({"text": self.buffer}), self.folder / f"shard-{self.shards:05d}.parquet")
-            self.shards, self.documents, self.buffer = self.shards + 1, self.documents + len(self.buffer), []
+            table = pa.table({"text": self.buffer, "source": pa.array(self.origin, pa.int32())})
+            pq.write_table(table, self.folder / f"shard-{self.shards:05d}.parquet")
+            self.shards, self.documents = self.shards + 1, self.documents + len(self.buffer)
+            self.buffer, self.origin = [], []
 
 
-def _digest(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+def _digest(text: str) -> int:
+    """8 bytes of BLAKE2b as a signed 64-bit integer (SQLite's INTEGER)."""
+    raw = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(raw, "little", signed=True)
 
 
 def accepted(
     texts: Iterable[str], held_out: HeldOut, seen: Seen, counts: Counter, min_chars: int, clean: bool = True
 ) -> Iterator[str]:
     """The texts that pass every rule, in order; `counts` gains one count per text under
-    "read" and, for each dropped one, under its reason."""
+    "read" and, for each dropped one, under its reason. Duplicates are checked as one batch."""
+    candidates: list[tuple[str, str]] = []
     for raw in texts:
         counts["read"] += 1
         text = clean_text(raw) if clean else raw.strip()
@@ -114,8 +148,14 @@ def accepted(
             EMPTY if not key
             else SHORT if len(text) < min_chars
             else DAMAGED if _DAMAGE.search(text)
-            else held_out.reason(key) or seen.reason(text, key)
+            else held_out.reason(key)
         )  # fmt: skip
+        if reason:
+            counts[reason] += 1
+        else:
+            candidates.append((text, key))
+    verdicts = seen.reasons([t for t, _ in candidates], [k for _, k in candidates]) if candidates else []
+    for (text, _), reason in zip(candidates, verdicts, strict=True):
         if reason:
             counts[reason] += 1
         else:
