@@ -59,24 +59,27 @@ def synthetic_corpus(path: Path, megabytes: int, seed: int = 0) -> int:
     return lines
 
 
-def run_measured(stage: str, cwd: Path, env: dict) -> tuple[float, float]:
-    """(wall seconds, peak resident MB of the process tree) of `python -m tasks.<stage>`."""
+def run_measured(stage: str, cwd: Path, env: dict) -> tuple[float, float, float]:
+    """(wall seconds, peak resident MB, peak anonymous MB) of `python -m tasks.<stage>`'s
+    process tree. Resident includes file pages mapped in (the memory-mapped token files);
+    anonymous is what the processes allocated themselves."""
     import psutil
 
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", f"tasks.{stage}"], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    root, peak = psutil.Process(proc.pid), 0
+    root, peak, peak_anon = psutil.Process(proc.pid), 0, 0
     while proc.poll() is None:
         try:
-            tree = [root, *root.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            info = [p.memory_info() for p in [root, *root.children(recursive=True)]]
+            peak = max(peak, sum(m.rss for m in info))
+            peak_anon = max(peak_anon, sum(m.rss - m.shared for m in info))
         except psutil.Error:
             pass
         time.sleep(0.05)
     if proc.returncode != 0:
         raise SystemExit(f"tasks.{stage} failed:\n{proc.stderr.read()[-3000:]}")
-    return time.perf_counter() - start, peak / 2**20
+    return time.perf_counter() - start, peak / 2**20, peak_anon / 2**20
 
 
 def write_params(project: Path, source: Path | None) -> None:
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             row = {"mb": source.stat().st_size / 1e6, "lines": lines}
             for stage in STAGES:
                 row[stage] = run_measured(stage, project, env)
-                print(f"  {stage}: {row[stage][0]:.1f} s, peak {row[stage][1]:.0f} MB", file=sys.stderr)
+                print(f"  {stage}: {row[stage][0]:.1f} s, peak {row[stage][1]:.0f} MB "
+                      f"({row[stage][2]:.0f} MB anonymous)", file=sys.stderr)  # fmt: skip
             row["tokens"] = read_json(project / catalog.TOKEN_STATS)["corpus_tokens"]
             row["texts"] = read_json(project / catalog.CORPUS_STATS)["documents"]
             rows.append(row)
@@ -119,12 +123,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def table(rows: list[dict]) -> str:
+    """Seconds, seconds per MB and peak resident MB (anonymous in brackets) per stage."""
     out = ["| corpus MB | texts kept | tokens | corpus s | s/MB | peak MB | tokenize s | s/MB | peak MB "
            "| pretrain (50 steps) s | peak MB |", "|" + "---|" * 11]  # fmt: skip
     for r in rows:
         c, t, p = r["corpus"], r["tokenize"], r["pretrain"]
-        out.append(f"| {r['mb']:,.0f} | {r['texts']:,} | {r['tokens']:,} | {c[0]:.1f} | {c[0] / r['mb']:.2f} | {c[1]:,.0f} "
-                   f"| {t[0]:.1f} | {t[0] / r['mb']:.2f} | {t[1]:,.0f} | {p[0]:.1f} | {p[1]:,.0f} |")  # fmt: skip
+        out.append(f"| {r['mb']:,.0f} | {r['texts']:,} | {r['tokens']:,} | {c[0]:.1f} | {c[0] / r['mb']:.2f} | {c[1]:,.0f} ({c[2]:,.0f}) "
+                   f"| {t[0]:.1f} | {t[0] / r['mb']:.2f} | {t[1]:,.0f} ({t[2]:,.0f}) | {p[0]:.1f} | {p[1]:,.0f} ({p[2]:,.0f}) |")  # fmt: skip
     by_size = {round(r["mb"], -1): r for r in rows}
     small, large = by_size.get(100), by_size.get(1000)
     if small and large:

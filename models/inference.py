@@ -39,6 +39,11 @@ def predict_proba(model: nn.Module, sequences: list[list[int]], device="cpu", ba
     return out
 
 
+def vector_columns(width: int) -> list[str]:
+    """The column names of `embed`'s vectors in a registered language model's output."""
+    return [f"dim_{i}" for i in range(width)]
+
+
 @torch.no_grad()
 def embed(body: nn.Module, sequences: list[list[int]], device="cpu", batch_size: int = 128) -> np.ndarray:
     """A language model's text vectors: its body's states averaged over each text's real tokens."""

@@ -15,16 +15,16 @@ import os
 import warnings
 from pathlib import Path
 
+from models.inference import vector_columns
 from tasks.lib import catalog
 from tasks.lib.base_model import LM_FILES
 from tasks.lib.common import StageError, read_json, run_stage, write_json_atomic
 from tasks.lib.config import Params, load_params
 from tasks.lib.lineage import git_commit, lineage_params, out_hash
 from tasks.lib.tracking import PARENT_ENV
-from tasks.register import MODELS_PACKAGE, pip_requirements
+from tasks.register import EXAMPLE, MODELS_PACKAGE, pip_requirements
 
 PYFUNC_FILE = Path(__file__).with_name("lib") / "pyfunc_lm.py"
-EXAMPLE = ["what a great flight", "lost my bag again"]
 
 
 def register_lm(params: Params) -> dict:
@@ -36,8 +36,8 @@ def register_lm(params: Params) -> dict:
     if missing:
         raise StageError(f"{catalog.PRETRAINED} lacks {', '.join(missing)}: run corpus, tokenize and pretrain first")
     meta = read_json(catalog.PRETRAINED / catalog.META)
-    output_example = pd.DataFrame([[0.0] * meta["model_config"]["d_model"]] * len(EXAMPLE),
-                                  columns=[f"dim_{i}" for i in range(meta["model_config"]["d_model"])])  # fmt: skip
+    width = meta["model_config"]["d_model"]
+    output_example = pd.DataFrame([[0.0] * width] * len(EXAMPLE), columns=vector_columns(width))
     cfg = params.base_model
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*type hints.*")  # the signature is given explicitly

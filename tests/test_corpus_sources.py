@@ -76,3 +76,6 @@ def test_undecodable_bytes_become_replacement_characters(tmp_path):
     f = tmp_path / "latin.txt"
     f.write_bytes("caf\xe9 ok\nplain\n".encode("latin-1"))
     assert texts(f) == ["caf\ufffd ok", "plain"]
+    g = tmp_path / "latin.jsonl"
+    g.write_bytes('{"text": "caf\xe9 ok"}\n{"text": "plain"}\n'.encode("latin-1"))
+    assert texts(g) == ["caf\ufffd ok", "plain"]

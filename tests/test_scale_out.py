@@ -194,3 +194,14 @@ def test_scheduled_pipeline_runs_data_work_on_cpu_and_training_on_gpu(tmp_path, 
     assert [r["stage"] for r in again if r["ran"]] == ["ingest"], again
     assert {r["stage"]: r["pool"] for r in again}["pretrain"] == "gpu"
     assert client.get_registered_model("text-classifier").latest_versions[0].version == "1"
+
+    # The base-model flow's deployment: data work on cpu, pretraining through train/gpu.
+    out = _run(["prefect", "deployment", "run", "base-language-model/on-demand", "--watch", "--watch-timeout", "600"],
+               cpu_ws, env, timeout=660)  # fmt: skip
+    assert "Completed" in out.stdout + out.stderr, out.stdout[-3000:]
+    [base_run] = client.search_runs([parent.info.experiment_id], "tags.mlflow.runName = 'base-model'")
+    assert {r["stage"]: r["pool"] for r in stages_of(base_run)}["pretrain"] == "gpu"
+    lm = client.get_model_version_by_alias("text-lm", "base")
+    assert lm.tags["model_kind"] == "language-model" and lm.tags["corpus_hash"] != "unknown"
+    pools = {r["flow"]: r["pool"] for r in _flow_runs(env) if r["state"] == "Completed"}
+    assert pools["base-language-model"] == "cpu" and pools["train"] == "gpu"

@@ -1,7 +1,8 @@
 """The language model a run starts from (`pretrain.init_from`): a folder pretrain wrote
 (weights, checkpoint.json and the tokenizer its data was encoded with), or a registered one,
-`models:/<name>@<alias>` or `models:/<name>/<version>`, whose artifacts are those files. Tokenize reuses its tokenizer; pretrain checks it against params and loads it.
-Every way it can be the wrong thing is a StageError that names which, before any training."""
+`models:/<name>@<alias>` or `models:/<name>/<version>`, whose artifacts are those files.
+Tokenize reuses its tokenizer; pretrain checks it against params and loads it. Every way it
+can be the wrong thing is a StageError that names which, before any training."""
 
 from __future__ import annotations
 

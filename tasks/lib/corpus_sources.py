@@ -47,7 +47,10 @@ def _file_texts(path: Path, spec: ReadSpec, chunk_rows: int) -> Iterator[list[st
             for frame in pd.read_csv(path, chunksize=chunk_rows, **csv_options(spec, fmt)):
                 yield _column(frame, spec.text_column, path)
         elif fmt == "jsonl":
-            for frame in pd.read_json(path, lines=True, chunksize=chunk_rows, dtype=False, encoding=spec.encoding):
+            # Undecodable bytes become U+FFFD, as in ingest and the text-line reader.
+            frames = pd.read_json(path, lines=True, chunksize=chunk_rows, dtype=False, encoding=spec.encoding,
+                                  encoding_errors="replace")  # fmt: skip
+            for frame in frames:
                 yield _column(frame, spec.text_column, path)
         elif fmt == "parquet":
             import pyarrow.parquet as pq

@@ -16,7 +16,7 @@ from safetensors.torch import load_model
 from tokenizers import Tokenizer
 
 from models.build import build_body
-from models.inference import embed, encode
+from models.inference import embed, encode, vector_columns
 from models.requests import texts_of
 
 MAX_TEXTS = 1000
@@ -32,7 +32,7 @@ class TextEncoder(PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         vectors = embed(self.body, encode(self.tokenizer, texts_of(model_input, MAX_TEXTS)))
-        return pd.DataFrame(vectors, columns=[f"dim_{i}" for i in range(vectors.shape[1])])
+        return pd.DataFrame(vectors, columns=vector_columns(vectors.shape[1]))
 
 
 set_model(TextEncoder())

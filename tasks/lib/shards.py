@@ -3,6 +3,7 @@ blocks are sampled. Only the sampled windows are ever read into memory."""
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,11 @@ class TokenShards:
         if not files:
             raise StageError(f"{folder} holds no token shards: run the tokenize stage first")
         self.arrays = [np.load(f, mmap_mode="r") for f in files]
+        for array in self.arrays:
+            # Blocks are drawn at random: the kernel's read-ahead around each would map pages no
+            # block uses, and resident memory would grow with the corpus.
+            if getattr(array, "_mmap", None) is not None:
+                array._mmap.madvise(mmap.MADV_RANDOM)
         self.lengths = np.array([len(a) for a in self.arrays], dtype=np.int64)
 
     @property
