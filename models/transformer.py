@@ -80,12 +80,15 @@ class Encoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model)
         self.apply(_init_weights)
 
-    def forward(self, ids: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token plus position embeddings (ELECTRA's generator reads them too)."""
         t = ids.shape[1]
         if t > self.cfg.max_positions:
             raise ValueError(f"sequence of {t} tokens exceeds max_positions={self.cfg.max_positions}")
-        pos = torch.arange(t, device=ids.device)
-        x = self.drop(self.tok(ids) + self.pos(pos))
+        return self.drop(self.tok(ids) + self.pos(torch.arange(t, device=ids.device)))
+
+    def forward(self, ids: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.embed(ids)
         for block in self.blocks:
             x = block(x, key_mask)
         return self.norm(x)

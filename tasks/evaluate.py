@@ -17,6 +17,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from tasks.lib import catalog
 from tasks.lib.common import atomic_dir, run_stage, write_json_atomic
 from tasks.lib.config import Params, load_params
+from tasks.lib.label_budget import budget_rows, sample_seed
 from tasks.lib.tracking import flatten, stage_run
 
 
@@ -125,6 +126,8 @@ def evaluate(params: Params) -> dict:
     # The served model's path: raw test texts through the saved tokenizer and the shared predictor.
     model, labels = load_classifier(catalog.FINETUNED)
     train_df = pd.read_parquet(catalog.split_file("train"))
+    # The baseline learns from the rows fine-tuning learned from (the label budget's sample).
+    train_df = train_df.iloc[budget_rows(train_df["label"], params.finetune.max_labels, labels, sample_seed(params))]
     test_df = pd.read_parquet(catalog.split_file("test"))
     y = test_df["label"].map({n: i for i, n in enumerate(labels)}).to_numpy()
     proba = predict_proba(model, encode(load_tokenizer(), test_df["text"].tolist()))
@@ -147,7 +150,7 @@ def evaluate(params: Params) -> dict:
         (tmp / catalog.REPORT_PAGE).write_text(render_report(ours, base, labels))
         # `dvc plots show` draws its confusion matrix from the actual/predicted columns.
         predictions_table(test_df["text"].tolist(), y, proba, labels).to_csv(tmp / catalog.PREDICTIONS, index=False)
-    metrics = {"test": ours, "baseline": base, "test_rows": int(len(y))}
+    metrics = {"test": ours, "baseline": base, "test_rows": int(len(y)), "labelled_rows": int(len(train_df))}
     write_json_atomic(catalog.METRICS, metrics)
     return metrics
 

@@ -1,15 +1,23 @@
-"""finetune: the pretrained body plus a classification head, early stopping on validation macro-F1.
+"""finetune: the pretrained body plus a classification head, the best validation macro-F1 kept.
 
     python -m tasks.finetune          # reads data/tokenized/ and checkpoints/pretrained/, writes checkpoints/finetuned/
 
 With `finetune.init: scratch` the same code trains the from-scratch control, so the value
 of pretraining is measured rather than assumed. ULMFiT's options work for every
 architecture: `lr_decay` gives each lower layer group a smaller learning rate
-(discriminative fine-tuning), `gradual_unfreeze` trains only the top k groups in epoch k.
+(discriminative fine-tuning), `gradual_unfreeze` trains only the top k groups in the k-th
+evaluation interval.
+
+Training is a step budget, not a count of epochs: the validation split is scored every
+`eval_every` steps, the best weights are kept and training stops after `patience` passes
+without a gain, so a 3k-row and a 60k-row dataset both train until they stop improving with
+the same params. `finetune.max_labels` trains on a stratified sample of the labelled rows
+(`tasks/lib/label_budget.py`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -36,6 +44,7 @@ from tasks.lib.engine import (
     relaunch_under_torchrun,
     wrap_ddp,
 )
+from tasks.lib.label_budget import budget_rows, sample_seed
 from tasks.lib.training import (
     Throughput,
     TrainingRun,
@@ -91,7 +100,8 @@ def unfreeze_top(model: nn.Module, k: int) -> None:
 
 
 def knobs(params: Params, labels: list[str]) -> dict:
-    return {"seed": params.seed, "labels": labels, "finetune": result_knobs(params.finetune)}
+    return {"seed": params.seed, "split_seed": params.ingest.split_seed, "labels": labels,
+            "finetune": result_knobs(params.finetune)}  # fmt: skip
 
 
 def inputs_of(data_dir: Path, pretrained_dir: Path) -> list[Path]:
@@ -115,6 +125,24 @@ def micro_batches(idx, train_ids, train_y, engine: Engine, accum: int, pad_id: i
     return parts, tokens
 
 
+def batch_stream(lengths: list[int], batch_size: int, seed: int, min_rows: int):
+    """Length-bucketed batches of the training rows, epoch after epoch without end; epoch e's
+    order comes from (seed, e) alone, so a resumed run replays the stream by skipping steps."""
+    epoch = 0
+    while True:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        for idx in length_bucketed_batches(lengths, batch_size, gen):
+            if len(idx) >= min_rows:  # a tail batch too small to give every micro-batch a row
+                yield idx
+        epoch += 1
+
+
+def training_rows(params: Params, labels: list[str], train) -> list[int]:
+    """The rows fine-tuning learns from: all, or the label budget's stratified sample."""
+    names = [labels[y] for y in train["label"]]
+    return budget_rows(names, params.finetune.max_labels, labels, sample_seed(params)).tolist()
+
+
 def finetune(
     params: Params,
     labels: list[str],
@@ -125,85 +153,105 @@ def finetune(
     resume_dir: Path = catalog.FINETUNE_RESUME,
     run_id: str | None = None,
 ) -> dict:
-    """Train the classifier; after every epoch the whole state goes to `resume_dir`, so a
-    killed run continues from its last finished epoch and ends with the same weights."""
+    """Train the classifier for at most `max_steps` steps, scoring the validation split every
+    `eval_every` steps and keeping the best; stops after `patience` passes without a gain. After
+    every pass the whole state goes to `resume_dir`, so a killed run continues from its last
+    pass and ends with the same weights."""
     import datasets
 
     f = params.finetune
-    seed_everything(params.seed)
+    seed = finetune_seed(params)
+    seed_everything(seed)
     run = TrainingRun(f, knobs(params, labels), inputs_of(data_dir, pretrained_dir), resume_dir, run_id)
     train = datasets.load_from_disk(str(data_dir / "train"))
     val = datasets.load_from_disk(str(data_dir / "validation"))
+    rows = training_rows(params, labels, train)
+    train = train.select(rows)
     train_ids, train_y = train["input_ids"], torch.tensor(train["label"])
     val_ids, val_y = val["input_ids"], np.array(val["label"])
     model, config = build(params, len(labels), pretrained_dir)
     model.to(run.engine.device)
     n_groups, pad_id = len(model.layer_groups()), model_config(config).pad_id
-    gen = torch.Generator().manual_seed(params.seed)
     lengths = [len(s) for s in train_ids]
-    total = -(-len(train_ids) // f.batch_size) * f.max_epochs
     optimizer = torch.optim.AdamW(param_groups(model, f), lr=f.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(int(f.warmup_ratio * total), total))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(int(f.warmup_ratio * f.max_steps), f.max_steps)
+    )
     meter = Throughput(flops_per_token(model, model_config(config), int(np.mean(lengths))), run.engine)
-    best = {"val_macro_f1": -1.0, "epoch": 0, "state": None}
-    history, step, bad_epochs, first_epoch, wall = [], 0, 0, 1, 0.0
+    gen = torch.Generator().manual_seed(seed)  # the resume state's; the batch order is batch_stream's
+    best = {"val_macro_f1": -1.0, "step": 0, "state": None}
+    history, step, bad_passes, wall, tokens_seen = [], 0, 0, 0.0, 0
     if saved := run.restore(model, optimizer, schedule, gen):
         meta, tensors = saved
-        history, step, bad_epochs, wall = meta["history"], meta["step"], meta["bad_epochs"], meta["wall_s"]
+        history, step, bad_passes, wall = meta["history"], meta["step"], meta["bad_passes"], meta["wall_s"]
+        tokens_seen = meta["tokens_seen"]
         best = {**meta["best"], "state": {k.removeprefix("best."): v for k, v in tensors.items()}}
-        first_epoch = meta["epoch"] + 1
         if run.is_main:
-            print(f"finetune: resuming after epoch {meta['epoch']} ({resume_dir})")
+            print(f"finetune: resuming after step {step} ({resume_dir})")
     maybe_compile(model.body, f.compile)
     if run.is_main:
-        print(f"finetune: {config['arch']} classifier, init {f.init}, {json.dumps(run.engine.describe())}")
+        print(f"finetune: {config['arch']} classifier, init {f.init}, {len(rows):,} labelled rows, "
+              f"{json.dumps(run.engine.describe())}")  # fmt: skip
+    stream = itertools.islice(
+        batch_stream(lengths, f.batch_size, seed, run.engine.world * f.grad_accum_steps), step, None
+    )
     start = time.perf_counter() - wall
-    for epoch in range(first_epoch, f.max_epochs + 1):
-        unfreeze_top(model, epoch if f.gradual_unfreeze else n_groups)
+    bar = tqdm(total=f.max_steps, initial=step, desc="finetune", unit="step", mininterval=5, disable=not run.is_main)
+    while step < f.max_steps:
+        interval = step // f.eval_every + 1  # gradual unfreezing opens one more layer group per interval
+        unfreeze_top(model, interval if f.gradual_unfreeze else n_groups)
         train_model = wrap_ddp(model, run.engine)  # re-wrapped: DDP syncs only what trains now
         model.train()
-        epoch_start, tokens, loss_sum, n_batches = time.perf_counter(), 0, 0.0, 0
-        batches = length_bucketed_batches(lengths, f.batch_size, gen)
-        desc = f"finetune epoch {epoch}/{f.max_epochs}"
-        for idx in tqdm(batches, desc=desc, unit="batch", mininterval=5, disable=not run.is_main):
-            if len(idx) < run.engine.world * f.grad_accum_steps:
-                continue  # a tail batch too small to give every micro-batch a row
+        window_start, tokens, loss_sum, n_steps = time.perf_counter(), 0, 0.0, 0
+        for _ in range(min(f.eval_every, f.max_steps - step)):
+            idx = next(stream)
             parts, n_tokens = micro_batches(idx, train_ids, train_y, run.engine, f.grad_accum_steps, pad_id)
-            loss = run.step(train_model, optimizer, parts, classification_loss, f.grad_clip)
+            loss_sum += run.step(train_model, optimizer, parts, classification_loss, f.grad_clip)
             schedule.step()
-            step, n_batches, tokens, loss_sum = step + 1, n_batches + 1, tokens + n_tokens, loss_sum + loss
-        tps = all_reduce_sum(tokens, run.engine) / (time.perf_counter() - epoch_start)
+            step, n_steps, tokens = step + 1, n_steps + 1, tokens + n_tokens
+            bar.update()
+        tokens_seen += all_reduce_sum(tokens, run.engine)
+        tps = all_reduce_sum(tokens, run.engine) / (time.perf_counter() - window_start)
         val_f1, val_acc = _validate(model, val_ids, val_y, run)
-        row = {"epoch": epoch, "train_loss": loss_sum / max(n_batches, 1), "val_macro_f1": val_f1,
-               "val_accuracy": val_acc, "tokens_per_s": tps, "mfu": meter.mfu(tps)}  # fmt: skip
+        row = {"step": step, "epoch": round(step * f.batch_size / len(rows), 2), "train_loss": loss_sum / n_steps,
+               "val_macro_f1": val_f1, "val_accuracy": val_acc, "tokens_per_s": tps, "mfu": meter.mfu(tps)}  # fmt: skip
         history.append(row)
         if run.is_main:
-            log({k: v for k, v in row.items() if k != "epoch"}, epoch)
-            print(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val macro-F1 {val_f1:.4f}, {tps:,.0f} tokens/s")
+            log({k: v for k, v in row.items() if k != "step"}, step)
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_f1=f"{val_f1:.4f}")
         if val_f1 > best["val_macro_f1"]:
-            best = {"val_macro_f1": val_f1, "epoch": epoch,
+            best = {"val_macro_f1": val_f1, "step": step,
                     "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}  # fmt: skip
-            bad_epochs = 0
+            bad_passes = 0
         else:
-            bad_epochs += 1
-            if bad_epochs >= f.patience:
+            bad_passes += 1
+            if bad_passes >= f.patience:
                 if run.is_main:
-                    print(f"early stop: no gain in validation macro-F1 for {f.patience} epoch(s)")
+                    print(
+                        f"finetune: early stop at step {step}: no gain in validation macro-F1 for {f.patience} passes"
+                    )
                 break
-        if epoch < f.max_epochs:
-            meta = {"epoch": epoch, "step": step, "bad_epochs": bad_epochs, "wall_s": time.perf_counter() - start,
-                    "history": history, "best": {k: v for k, v in best.items() if k != "state"}}  # fmt: skip
+        if step < f.max_steps:
+            meta = {"step": step, "bad_passes": bad_passes, "wall_s": time.perf_counter() - start,
+                    "tokens_seen": tokens_seen, "history": history,
+                    "best": {k: v for k, v in best.items() if k != "state"}}  # fmt: skip
             best_tensors = {f"best.{k}": v.contiguous() for k, v in best["state"].items()}
             run.save_resume(model, optimizer, schedule, gen, meta, best_tensors)
+    bar.close()
     model.load_state_dict(best["state"])
-    summary = {"best_val_macro_f1": best["val_macro_f1"], "best_epoch": best["epoch"], "epochs_run": len(history),
-               "wall_s": time.perf_counter() - start, "steps": step}  # fmt: skip
+    summary = {"best_val_macro_f1": best["val_macro_f1"], "best_step": best["step"], "steps": step,
+               "labelled_rows": len(rows), "tokens_seen": tokens_seen,
+               "wall_s": time.perf_counter() - start}  # fmt: skip
     # The language model the pretrained body itself started from: the classifier's lineage names it.
     base = read_json(pretrained_dir / catalog.META).get("init_from") if f.init == "pretrained" else None
     meta = {"model_config": config, "labels": labels, "init": f.init, "base_model": base, "finetune": f.model_dump(),
-            "seed": params.seed, "history": history, **summary}  # fmt: skip
+            "seed": seed, "history": history, **summary}  # fmt: skip
     run.finish(out_dir, meta, lambda folder, meta: save_checkpoint(folder, model.cpu(), meta))
     return summary
+
+
+def finetune_seed(params: Params) -> int:
+    return params.finetune.seed if params.finetune.seed is not None else params.seed
 
 
 def _validate(model, val_ids, val_y, run: TrainingRun) -> tuple[float, float]:
@@ -240,7 +288,8 @@ def main() -> None:
         log = lambda m, s: mlflow.log_metrics(m, step=s)  # noqa: E731
         summary = finetune(params, params.ingest.labels, log=log, run_id=run.info.run_id)
         mlflow.log_metrics(summary)
-    print(f"finetune: best validation macro-F1 {summary['best_val_macro_f1']:.4f} at epoch {summary['best_epoch']}")
+    print(f"finetune: best validation macro-F1 {summary['best_val_macro_f1']:.4f} at step {summary['best_step']} "
+          f"of {summary['steps']} ({summary['labelled_rows']:,} labelled rows)")  # fmt: skip
 
 
 if __name__ == "__main__":

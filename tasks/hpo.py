@@ -36,7 +36,7 @@ HPO_DIR = catalog.HPO
 SPACE: dict[str, tuple] = {
     "lr": ("float", 3e-5, 3e-3, True),
     "batch_size": ("categorical", [16, 32, 64]),
-    "max_epochs": ("int", 2, 5),
+    "max_steps": ("int", 1000, 5000),
     "dropout": ("float", 0.0, 0.3, False),
     "weight_decay": ("float", 1e-3, 0.1, True),
     "warmup_ratio": ("float", 0.0, 0.2, False),

@@ -26,7 +26,7 @@ from safetensors.torch import load_model, save_model
 from tqdm import tqdm
 
 from models.build import decay_groups, model_config
-from models.objectives import Objective, SpecialTokens, create, n_targets
+from models.objectives import Objective, SpecialTokens, create
 from tasks.lib import base_model, catalog
 from tasks.lib.common import StageError, run_stage, seed_everything
 from tasks.lib.config import Params, load_params
@@ -62,14 +62,25 @@ def objective_of(params: Params, tokenizer_file: Path = catalog.TOKENIZER_FILE) 
     """params.yaml's objective, with the special ids of the tokenizer the data was encoded with."""
     tokenizer = load_tokenizer(tokenizer_file)
     tokens = special_tokens(special_ids(tokenizer), tokenizer.get_vocab_size())
-    return create(params.pretrain.objective, tokens, params.pretrain.mask_prob)
+    return _create(params.pretrain, tokens)
+
+
+def _create(p, tokens: SpecialTokens) -> Objective:
+    return create(p.objective, tokens, p.mask_prob, **p.model_dump(exclude={"objective", "mask_prob"}))
 
 
 def synthetic_objective(params: Params, vocab_size: int) -> Objective:
     """The objective for benchmarks on random ids: the ids a trained tokenizer gives its
     special tokens (the first ones, in SPECIAL_TOKENS order)."""
     tokens = special_tokens({name: i for i, name in enumerate(SPECIAL_TOKENS)}, vocab_size)
-    return create(params.pretrain.objective, tokens, params.pretrain.mask_prob)
+    return _create(params.pretrain, tokens)
+
+
+def mask_rate(p, step: int) -> float:
+    """`mask_prob`, or with `mask_prob_final` set, the rate falling linearly to it by the last step."""
+    if p.mask_prob_final is None:
+        return p.mask_prob
+    return p.mask_prob + (p.mask_prob_final - p.mask_prob) * step / max(1, p.max_steps - 1)
 
 
 def lm_config(params: Params, objective: Objective) -> dict:
@@ -93,28 +104,33 @@ def lm_loss(model, batch) -> torch.Tensor:
     return model(*batch)[1]
 
 
-def micro_batches(inputs, targets, engine: Engine, accum: int) -> list[tuple[tuple, float]]:
-    """This rank's micro-batches of a global batch, each weighted by its share of the targets."""
-    total, device = max(n_targets(targets), 1), engine.device
-    return [
-        ((inputs[s].to(device), targets[s].to(device)), n_targets(targets[s]) / total)
-        for s in micro_slices(len(inputs), engine, accum)
-    ]
+def micro_batches(batch: tuple, objective: Objective, engine: Engine, accum: int) -> list[tuple[tuple, float]]:
+    """This rank's micro-batches of a global batch, each weighted by its share of what the
+    objective's loss is a mean over (`Objective.count`)."""
+    total, device = max(objective.count(batch), 1), engine.device
+    parts = []
+    for s in micro_slices(len(batch[0]), engine, accum):
+        part = tuple(t[s] for t in batch)
+        parts.append((tuple(t.to(device) for t in part), objective.count(part) / total))
+    return parts
 
 
 @torch.no_grad()
-def evaluate_lm(model, rows: torch.Tensor, objective: Objective, params: Params, run: TrainingRun) -> float:
-    """Mean loss per predicted token over the validation blocks (same masking seed every time)."""
+def evaluate_lm(model, rows: torch.Tensor, objective: Objective, params: Params, run: TrainingRun) -> dict:
+    """Mean loss over the validation blocks (same masking seed every time, at the rate training
+    ended with), plus the objective's own figures."""
     model.eval()
+    objective.take_metrics(model)  # drop what training gathered since the last log
+    objective.mask_prob = mask_rate(params.pretrain, params.pretrain.max_steps - 1)
     gen = torch.Generator().manual_seed(params.seed)
     total, count = 0.0, 0
     for start in range(0, len(rows), params.pretrain.batch_size):
-        ids, targets = objective.batch(rows[start : start + params.pretrain.batch_size], gen)
+        batch = objective.batch(rows[start : start + params.pretrain.batch_size], gen)
         with run.engine.autocast():
-            loss = lm_loss(model, (ids.to(run.engine.device), targets.to(run.engine.device)))
-        total, count = total + loss.item() * n_targets(targets), count + n_targets(targets)
+            loss = lm_loss(model, tuple(t.to(run.engine.device) for t in batch))
+        total, count = total + loss.item() * objective.count(batch), count + objective.count(batch)
     model.train()
-    return total / max(count, 1)
+    return {"loss": total / max(count, 1), **objective.take_metrics(model)}
 
 
 def start_from(model, params: Params, objective: Objective, config: dict, tokenizer_file: Path) -> dict | None:
@@ -191,18 +207,20 @@ def pretrain(
                initial=state["step"], total=p.max_steps, disable=not run.is_main)  # fmt: skip
     for step in bar:
         # Every rank draws the same global batch (same generator) and trains on its own slices.
-        inputs, targets = objective.batch(corpus.sample(p.batch_size, width, gen), gen)
-        parts = micro_batches(inputs, targets, run.engine, p.grad_accum_steps)
+        objective.mask_prob = mask_rate(p, step)
+        batch = objective.batch(corpus.sample(p.batch_size, width, gen), gen)
+        parts = micro_batches(batch, objective, run.engine, p.grad_accum_steps)
         step_loss = run.step(train_model, optimizer, parts, lm_loss, p.grad_clip)
         schedule.step()
-        state["tokens_seen"] += inputs.numel()
+        state["tokens_seen"] += batch[0].numel()
         state["window_loss"] += step_loss
-        state["window_tokens"] += inputs.numel()
+        state["window_tokens"] += batch[0].numel()
         if (step + 1) % p.log_every == 0 or step + 1 == p.max_steps:
             tps = state["window_tokens"] / (time.perf_counter() - window_start)
             loss = state["window_loss"] / ((step % p.log_every) + 1)
             metrics = {f"train_{objective.loss_name}": loss, "tokens_per_s": tps, "mfu": meter.mfu(tps),
-                       "lr": schedule.get_last_lr()[0]}  # fmt: skip
+                       "lr": schedule.get_last_lr()[0], "mask_prob": objective.mask_prob,
+                       **{f"train_{k}": v for k, v in objective.take_metrics(model).items()}}  # fmt: skip
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}", mfu=f"{metrics['mfu']:.0%}")
             if run.is_main:
                 log(metrics, step + 1)
@@ -212,8 +230,10 @@ def pretrain(
             run.save_resume(model, optimizer, schedule, gen, state, {})
     summary = {"tokens_seen": state["tokens_seen"], "wall_s": time.perf_counter() - start}
     if run.is_main:
-        summary["val_loss"] = evaluate_lm(model, val_blocks, objective, params, run)
-        log({f"val_{objective.loss_name}": summary["val_loss"]}, p.max_steps)
+        val = evaluate_lm(model, val_blocks, objective, params, run)
+        summary["val_loss"] = val.pop("loss")
+        summary |= {f"val_{k}": v for k, v in val.items()}
+        log({f"val_{objective.loss_name}": summary["val_loss"], **{f"val_{k}": v for k, v in val.items()}}, p.max_steps)
         summary |= {"mean_tokens_per_s": summary["tokens_seen"] / summary["wall_s"],
                     "matmul_peak_gflops": meter.peak / 1e9}  # fmt: skip
     meta = {"model_config": config, "objective": objective.name, "step": p.max_steps, "seed": params.seed,
@@ -242,7 +262,7 @@ def main() -> None:
     # A killed run left its state behind: continue it, in the same MLflow run.
     with stage_run("pretrain", section, run_id=resumable_run_id(params)) as run:
         summary = pretrain(params, log=lambda m, s: mlflow.log_metrics(m, step=s), run_id=run.info.run_id)
-        mlflow.log_metrics({k: v for k, v in summary.items() if k != "val_loss"})
+        mlflow.log_metrics({k: v for k, v in summary.items() if not k.startswith("val_")})
         mlflow.set_tag("checkpoint", str(catalog.PRETRAINED))
     print(
         f"pretrain: {summary['tokens_seen']:,} tokens in {summary['wall_s']:.0f} s, "

@@ -60,7 +60,7 @@ def tiny_params(**overrides) -> dict:
     raw["model"].update(d_model=32, n_layers=1, n_heads=2, d_ff=64, max_positions=32)
     # One thread: the count changes float rounding, and tests compare weights bit for bit.
     raw["pretrain"].update(block_size=16, batch_size=4, max_steps=6, warmup_steps=2, log_every=3, threads=1)
-    raw["finetune"].update(batch_size=8, max_epochs=2, patience=1, threads=1)
+    raw["finetune"].update(batch_size=8, max_steps=16, eval_every=8, patience=1, threads=1)
     raw["evaluate"].update(baseline_max_features=500)
     for section, values in overrides.items():
         raw[section].update(values)

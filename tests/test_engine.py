@@ -69,7 +69,7 @@ def test_gradient_accumulation_matches_the_full_batch(workdir):
 def test_two_process_ddp_on_gloo_matches_one_process(workdir):
     """`nproc_per_node: 2` re-launches the real stage under torchrun (gloo on CPU); pretraining
     and fine-tuning end where one process with the same global batch ends."""
-    params = _prepare(pretrain={"batch_size": 8, "max_steps": 8}, finetune={"max_epochs": 2})
+    params = _prepare(pretrain={"batch_size": 8, "max_steps": 8}, finetune={"max_steps": 16})
     pretrain(params, out_dir=Path("single-pretrained"))
     finetune(params, params.ingest.labels, pretrained_dir=Path("single-pretrained"), out_dir=Path("single-finetuned"))
 
@@ -110,17 +110,16 @@ def _sgd_steps(rank: int, world: int, accum: int, init_file: str, out: str) -> N
     config = {"vocab_size": 40, "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "dropout": 0.0}
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    mlm = create("mlm", replace(TOKENS, vocab_size=40), 0.3)
-    lm, clf = mlm.language_model(config), build_classifier(config, 2, head_dropout=0.0)
+    lms = [create(name, replace(TOKENS, vocab_size=40), 0.3) for name in ("mlm", "electra")]
+    models = [(lm, lm.language_model(config)) for lm in lms] + [(None, build_classifier(config, 2, head_dropout=0.0))]
     losses = []
-    for model in (lm, clf):
+    for objective, model in models:
         ddp = wrap_ddp(model, engine)
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
         for _ in range(2):
-            if model is lm:
+            if objective is not None:
                 rows = torch.randint(5, 40, (8, 12), generator=gen)
-                inputs, targets = mlm.batch(rows, gen)
-                parts = pt.micro_batches(inputs, targets, engine, knobs.grad_accum_steps)
+                parts = pt.micro_batches(objective.batch(rows, gen), objective, engine, knobs.grad_accum_steps)
                 losses.append(optimizer_step(ddp, opt, parts, pt.lm_loss, knobs.grad_clip, engine))
             else:
                 seqs = [
@@ -131,9 +130,7 @@ def _sgd_steps(rank: int, world: int, accum: int, init_file: str, out: str) -> N
                 parts, _ = ft.micro_batches(list(range(8)), seqs, labels, engine, knobs.grad_accum_steps, 0)
                 losses.append(optimizer_step(ddp, opt, parts, ft.classification_loss, knobs.grad_clip, engine))
     if rank == 0:
-        weights = {f"lm.{k}": v for k, v in lm.state_dict().items()} | {
-            f"clf.{k}": v for k, v in clf.state_dict().items()
-        }
+        weights = {f"{i}.{k}": v for i, (_, model) in enumerate(models) for k, v in model.state_dict().items()}
         save_file({**weights, "losses": torch.tensor(losses, dtype=torch.float64)}, out)
     if world > 1:
         dist.destroy_process_group()
@@ -150,7 +147,7 @@ def test_ddp_and_accumulation_give_the_gradient_of_the_global_batch(tmp_path):
 
 
 def test_gradual_unfreezing_trains_only_the_head_in_the_first_epoch(workdir):
-    params = _prepare(finetune={"gradual_unfreeze": True, "max_epochs": 1})
+    params = _prepare(finetune={"gradual_unfreeze": True, "max_steps": 8})
     pretrain(params)
     finetune(params, params.ingest.labels)
     before, after = _weights("checkpoints/pretrained"), _weights("checkpoints/finetuned")
@@ -172,7 +169,7 @@ def test_discriminative_learning_rates_shrink_toward_the_embeddings():
 
 def test_bf16_autocast_runs_when_asked_for(workdir):
     """bf16 is the default only on CUDA; asked for on CPU, the same code path runs (slowly)."""
-    params = _prepare(pretrain={"precision": "bf16", "max_steps": 2}, finetune={"precision": "bf16", "max_epochs": 1})
+    params = _prepare(pretrain={"precision": "bf16", "max_steps": 2}, finetune={"precision": "bf16", "max_steps": 8})
     summary = pretrain(params)
     assert read_json("checkpoints/pretrained/checkpoint.json")["engine"]["precision"] == "bf16"
     assert torch.isfinite(torch.tensor(summary["val_loss"]))

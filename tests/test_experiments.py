@@ -64,7 +64,7 @@ def test_the_matrix_runs_as_dvc_experiments_and_resumes(tmp_path):
     proj = tmp_path / "proj"
     env = make_project(proj, tiny_corpus_params(ingest={"limit_rows": 300}, model={"d_hidden": 32}))
     cmd = [sys.executable, "bench/experiments.py", "run", "--profiles", "current", "--seeds", "1",
-           "--models", "lstm-pretrained", "lstm-scratch", "--set", "finetune.max_epochs=1", "--extra-name", "one"]  # fmt: skip
+           "--models", "lstm-pretrained", "lstm-scratch", "--set", "finetune.max_steps=8", "--extra-name", "one"]  # fmt: skip
     _run(cmd, proj, env, timeout=900)
     records = (proj / "docs/results/runs.jsonl").read_text().splitlines()
     # The project ships the records of its own matrix; this test's runs are the `current/` ones.

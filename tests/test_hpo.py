@@ -81,9 +81,9 @@ def test_pruned_trials_are_killed_runs_and_never_the_best(pretrained):
 
 
 def test_space_widens_to_hold_the_current_knobs_where_it_can():
-    current = {"lr": 0.5, "batch_size": 8, "max_epochs": 3, "dropout": 0.1, "weight_decay": 0.0,
+    current = {"lr": 0.5, "batch_size": 8, "max_steps": 3000, "dropout": 0.1, "weight_decay": 0.0,
                "warmup_ratio": 0.1, "lr_decay": 1.0, "gradual_unfreeze": False}  # fmt: skip
     space = space_around(current)
     assert space["lr"][1:] == (SPACE["lr"][1], 0.5, True)
     assert space["batch_size"] == ("categorical", [8, 16, 32, 64])
-    assert space["max_epochs"] == SPACE["max_epochs"] and space["weight_decay"] == SPACE["weight_decay"]
+    assert space["max_steps"] == SPACE["max_steps"] and space["weight_decay"] == SPACE["weight_decay"]

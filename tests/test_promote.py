@@ -56,7 +56,7 @@ def project(tmp_path_factory):
         mp.delenv("PIPELINE_PARENT_RUN_ID", raising=False)
         tiny_frame().to_csv("tiny.csv", index=False)
         gates = {"min_accuracy": 0.0, "min_macro_f1": 0.0, "min_improvement": 0.0, "max_recall_drop": 0.05}
-        raw = tiny_params(finetune={"max_epochs": 8, "patience": 8, "lr": 0.002}, promote=gates)
+        raw = tiny_params(finetune={"max_steps": 64, "patience": 8, "lr": 0.002}, promote=gates)
         Path("params.yaml").write_text(yaml.safe_dump(raw))
         params = load_params()
         build_data(params)
@@ -232,7 +232,7 @@ def _stored_artifact(version, filename: str) -> Path:
 
 def test_lineage_reaches_run_params_commit_data_and_report(registry, project):
     info = lineage(registry, NAME, project["v1"])
-    assert info["registering_run"] and info["params"]["finetune"]["max_epochs"] == 8
+    assert info["registering_run"] and info["params"]["finetune"]["max_steps"] == 64
     assert info["git_commit"] and info["data_hash"] and "dvc pull data/validated" in info["restore_data"]
     assert info["evaluation_report"].endswith("evaluation/index.html")
     report = mlflow.artifacts.download_artifacts(info["evaluation_report"])

@@ -57,7 +57,7 @@ def test_pretrain_finetune_evaluate_register_chain(tokenized):
     assert meta["step"] == 6 and "optimizer_param_groups" in meta
 
     result = finetune(params, params.ingest.labels)
-    assert 0 <= result["best_val_macro_f1"] <= 1 and result["epochs_run"] >= 1
+    assert 0 <= result["best_val_macro_f1"] <= 1 and result["steps"] >= 1
     _, labels = load_classifier(Path("checkpoints/finetuned"))
     assert labels == ["negative", "positive"]
 
@@ -95,7 +95,7 @@ def test_training_is_deterministic(tokenized):
 
 
 def test_finetune_from_scratch_skips_the_pretrained_weights(tokenized, monkeypatch):
-    params = parse_params(tiny_params(finetune={"init": "scratch", "max_epochs": 1}))
+    params = parse_params(tiny_params(finetune={"init": "scratch", "max_steps": 8}))
     pretrain(tokenized)
     calls = []
     monkeypatch.setattr("tasks.finetune.load_weights", lambda *a: calls.append(a))
@@ -145,13 +145,15 @@ def _kill_and_restart(stage: str, progress_key: str, at_least: int) -> int:
     return killed_at
 
 
-def test_killed_pretraining_resumes_to_the_same_weights_and_run(tokenized):
+@pytest.mark.parametrize("objective,masking", [("mlm", {}), ("electra", {"mask_prob": 0.4, "mask_prob_final": 0.15})])
+def test_killed_pretraining_resumes_to_the_same_weights_and_run(tokenized, objective, masking):
     """SIGKILL a real `python -m tasks.pretrain` mid-run, start it again, and compare with
-    an uninterrupted run of the same params."""
+    an uninterrupted run of the same params (ELECTRA with a decaying mask rate, too)."""
     import yaml
 
     raw = yaml.safe_load(open("params.yaml"))
-    raw["pretrain"].update(max_steps=400, checkpoint_every=20, log_every=20, warmup_steps=10)
+    raw["pretrain"].update(max_steps=400, checkpoint_every=20, log_every=20, warmup_steps=10, objective=objective,
+                           **masking)  # fmt: skip
     Path("params.yaml").write_text(yaml.safe_dump(raw))
     killed_at = _kill_and_restart("pretrain", "step", 60)
     assert 60 <= killed_at < 400
@@ -163,29 +165,33 @@ def test_killed_pretraining_resumes_to_the_same_weights_and_run(tokenized):
     run_id = read_json("checkpoints/pretrained/checkpoint.json")["mlflow_run_id"]
     client = mlflow.MlflowClient()
     assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
-    steps = [m.step for m in client.get_metric_history(run_id, "train_mlm_loss")]
+    steps = [m.step for m in client.get_metric_history(run_id, f"train_{objective}_loss")]
     assert steps[0] == 20 and steps[-1] == 400 and killed_at in steps
 
 
 @pytest.mark.parametrize(
-    "arch,objective", [("transformer", "causal"), ("rnn", "causal"), ("lstm", "causal"), ("gru", "causal")]
+    "arch,objective",
+    [("transformer", "causal"), ("transformer", "electra"), ("rnn", "causal"), ("lstm", "causal"), ("gru", "causal")],
 )
 def test_every_architecture_pretrains_finetunes_and_serves_by_params(workdir, arch, objective):
     """A params change is all it takes: the same stages train, evaluate and register each network."""
     import yaml
 
-    ulmfit = {"lr_decay": 2.6, "gradual_unfreeze": True, "max_epochs": 3, "patience": 3}
+    ulmfit = {"lr_decay": 2.6, "gradual_unfreeze": True, "max_steps": 24, "patience": 3}
     raw = tiny_params(model={"arch": arch, "d_hidden": 48}, pretrain={"objective": objective}, finetune=ulmfit)
     Path("params.yaml").write_text(yaml.safe_dump(raw))
     params = load_params()
     build_data(params)
     logged = []
     summary = pretrain(params, log=lambda m, s: logged.append(m))
-    assert summary["val_loss"] > 0 and "train_causal_loss" in logged[0] and logged[0]["mfu"] > 0
+    assert summary["val_loss"] > 0 and f"train_{objective}_loss" in logged[0] and logged[0]["mfu"] > 0
+    if objective == "electra":  # both losses and how well replacements are found, in training and held out
+        assert {"train_gen_loss", "train_disc_loss", "train_replaced_token_accuracy"} <= set(logged[0])
+        assert 0 < summary["val_replaced_token_accuracy"] <= 1 and summary["val_gen_loss"] > 0
     meta = read_json("checkpoints/pretrained/checkpoint.json")
     assert meta["model_config"]["arch"] == arch and meta["objective"] == objective
     finetune(params, params.ingest.labels)
-    assert read_json("checkpoints/finetuned/checkpoint.json")["epochs_run"] == 3
+    assert len(read_json("checkpoints/finetuned/checkpoint.json")["history"]) == 3
     evaluate(params)
     with stage_run("register"):
         record = register(params)
@@ -201,16 +207,16 @@ def test_recurrent_models_refuse_the_masked_objective(workdir):
 
 
 def test_killed_finetuning_resumes_to_the_same_weights_and_run(tokenized):
-    """SIGKILL a real `python -m tasks.finetune` after some epochs, start it again, and compare
+    """SIGKILL a real `python -m tasks.finetune` after some validation passes, start it again, and compare
     with an uninterrupted run: same weights, one MLflow run whose curve spans the kill."""
     import yaml
 
     pretrain(tokenized)
     raw = yaml.safe_load(open("params.yaml"))
-    raw["finetune"].update(batch_size=2, max_epochs=60, patience=60)
+    raw["finetune"].update(batch_size=2, max_steps=60 * 32, eval_every=32, patience=60)
     Path("params.yaml").write_text(yaml.safe_dump(raw))
-    killed_at = _kill_and_restart("finetune", "epoch", 3)
-    assert 3 <= killed_at < 60
+    killed_at = _kill_and_restart("finetune", "step", 3 * 32)
+    assert 3 * 32 <= killed_at < 60 * 32
     resumed = Path("checkpoints/finetuned/model.safetensors").read_bytes()
 
     params = load_params()
@@ -220,4 +226,4 @@ def test_killed_finetuning_resumes_to_the_same_weights_and_run(tokenized):
     run_id = read_json("checkpoints/finetuned/checkpoint.json")["mlflow_run_id"]
     client = mlflow.MlflowClient()
     steps = [m.step for m in client.get_metric_history(run_id, "val_macro_f1")]
-    assert steps == list(range(1, 61))
+    assert steps == list(range(32, 60 * 32 + 1, 32))

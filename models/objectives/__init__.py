@@ -4,8 +4,12 @@ and its metric names. Adding one is a new module here, its class in `_registry`,
 
     objective = create("mlm", tokens, mask_prob=0.15)
     model = objective.language_model(config)          # body + the objective's head
-    inputs, targets = objective.batch(rows, generator)
-    _, loss = model(inputs, targets)
+    batch = objective.batch(rows, generator)          # (inputs, targets, *what else the loss needs)
+    _, loss = model(*batch)
+    objective.take_metrics(model)                     # the objective's own running figures, if any
+
+Every tensor of a batch has the rows first, so a batch can be cut into micro-batches (gradient
+accumulation, DDP); `count` says how much of the loss's mean a slice carries.
 """
 
 from __future__ import annotations
@@ -50,15 +54,25 @@ class Objective:
     causal: bool  # the body may look only backwards, and each row carries one extra token
     decoded_share: float  # share of positions the vocabulary projection decodes (for FLOPs)
 
+    knobs: tuple[str, ...] = ()  # the pretrain params, besides mask_prob, its constructor takes
+
     def __init__(self, tokens: SpecialTokens, mask_prob: float):
         self.tokens, self.mask_prob = tokens, mask_prob
 
     def head(self, config) -> nn.Module:
         raise NotImplementedError
 
-    def batch(self, rows: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets) for a batch of packed rows; targets are -100 where nothing is predicted."""
+    def batch(self, rows: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """(inputs, targets, ...) for a batch of packed rows; targets are -100 where nothing is predicted."""
         raise NotImplementedError
+
+    def count(self, batch: tuple[torch.Tensor, ...]) -> int:
+        """What the loss is a mean over, in (a slice of) a batch: micro-batches are weighted by it."""
+        return n_targets(batch[1])
+
+    def take_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Figures the objective gathered since the last call (besides its loss), then reset."""
+        return {}
 
     @property
     def extra_tokens(self) -> int:
@@ -81,15 +95,18 @@ def n_targets(targets: torch.Tensor) -> int:
 
 def _registry() -> dict[str, type[Objective]]:
     from models.objectives.causal import CausalLM
+    from models.objectives.electra import Electra
     from models.objectives.mlm import MaskedLM
 
-    return {cls.name: cls for cls in (MaskedLM, CausalLM)}
+    return {cls.name: cls for cls in (MaskedLM, CausalLM, Electra)}
 
 
 OBJECTIVES = _registry()
 
 
-def create(name: str, tokens: SpecialTokens, mask_prob: float) -> Objective:
+def create(name: str, tokens: SpecialTokens, mask_prob: float, **knobs) -> Objective:
+    """The objective `name`; `knobs` may hold any pretrain params, it takes those it names."""
     if name not in OBJECTIVES:
         raise ValueError(f"unknown pretraining objective {name!r}; expected one of {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name](tokens, mask_prob)
+    cls = OBJECTIVES[name]
+    return cls(tokens, mask_prob, **{k: knobs[k] for k in cls.knobs if k in knobs})

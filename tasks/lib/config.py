@@ -189,7 +189,7 @@ class _TrainingParams(_EngineParams):
 
 
 # The objectives of models/objectives/ (a test holds these two in step with its registry).
-ObjectiveName = Literal["mlm", "causal"]
+ObjectiveName = Literal["mlm", "causal", "electra"]
 CAUSAL_OBJECTIVES = frozenset({"causal"})  # the ones a recurrent body can learn: no look-ahead
 
 
@@ -198,7 +198,10 @@ class PretrainParams(_TrainingParams):
     block_size: int = Field(ge=8)
     max_steps: int = Field(ge=1)
     warmup_steps: int = Field(ge=0)
-    mask_prob: float = Field(gt=0, lt=1)
+    mask_prob: float = Field(gt=0, le=0.5)  # share of positions masked (mlm, electra)
+    mask_prob_final: float | None = Field(gt=0, le=0.5)  # set: the rate falls linearly to this by max_steps
+    generator_width: float = Field(gt=0, le=1)  # electra: the generator's width, a share of d_model
+    discriminator_weight: float = Field(gt=0)  # electra: the replaced-token loss's weight (paper: 50)
     log_every: int = Field(ge=1)
     checkpoint_every: int = Field(ge=1)
     # An earlier language model to continue from (a folder pretrain wrote, or models:/<name>@<alias>);
@@ -208,11 +211,14 @@ class PretrainParams(_TrainingParams):
 
 class FinetuneParams(_TrainingParams):
     init: Literal["pretrained", "scratch"]
-    max_epochs: int = Field(ge=1)
-    patience: int = Field(ge=1)
-    warmup_ratio: float = Field(ge=0, lt=1)
+    seed: int | None  # head initialisation, batch order and dropout; None: the global seed
+    max_labels: int | None = Field(gt=0)  # label budget: a stratified sample of this many training rows
+    max_steps: int = Field(ge=1)  # the step budget; the best validation score within it is kept
+    eval_every: int = Field(ge=1)  # optimizer steps between validation passes
+    patience: int = Field(ge=1)  # validation passes without a gain before stopping
+    warmup_ratio: float = Field(ge=0, lt=1)  # of max_steps
     lr_decay: float = Field(ge=1)  # discriminative LR: each lower layer group gets lr / lr_decay
-    gradual_unfreeze: bool  # epoch k trains the top k layer groups only (ULMFiT)
+    gradual_unfreeze: bool  # evaluation interval k trains the top k layer groups only (ULMFiT)
 
 
 class EvaluateParams(_Section):
@@ -258,6 +264,15 @@ class Params(_Section):
     promote: PromoteParams
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _budget_covers_classes(self) -> Params:
+        if self.finetune.max_labels is not None and self.finetune.max_labels < len(self.ingest.labels):
+            raise ValueError(
+                f"finetune.max_labels ({self.finetune.max_labels}) is smaller than the number of classes "
+                f"({len(self.ingest.labels)}): every class needs at least one labelled example"
+            )
+        return self
 
     @model_validator(mode="after")
     def _block_fits_positions(self) -> Params:
