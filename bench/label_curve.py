@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from tasks.lib import catalog, params_file  # noqa: E402
 from tasks.lib.lineage import git_commit  # noqa: E402
+from tasks.lib.sources import DEFAULT_DATA_ROOT  # noqa: E402
 from tasks.profile import apply_profile  # noqa: E402
 
 WORK = ROOT / ".curve"
@@ -100,7 +101,8 @@ def pretraining_overrides(profile: str, name: str) -> dict:
 
 def run_here(folder: Path, code: str, threads: int) -> None:
     """Run `code` (Python) with `folder` as the project folder; its own output goes to a log."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
+    data_root = os.environ.get("DATA_ROOT", str((ROOT / DEFAULT_DATA_ROOT).resolve()))  # the profiles' $DATA_ROOT
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DATA_ROOT": data_root, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
            "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'mlflow.db'}")}  # fmt: skip
     with open(folder / "run.log", "a") as log:
         done = subprocess.run([sys.executable, "-c", code], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
