@@ -8,10 +8,10 @@
 Every trial fine-tunes the pretrained checkpoint with the knobs Optuna proposes (params.yaml
 gives the rest, the seed included) and is scored by its best validation macro-F1: the test
 split is never read, so it stays a fair judge of the configuration chosen here. Trial 0 is
-params.yaml's own knobs, so the search reports what it gained over them. Epochs report to a
-median pruner, which stops trials that trail the median of earlier ones at the same epoch.
+params.yaml's own knobs, so the search reports what it gained over them. Validation passes report
+to a median pruner, which stops trials that trail the median of earlier ones at the same step.
 
-MLflow: one parent run `hpo`, one child run per trial (its knobs, per-epoch curve, outcome).
+MLflow: one parent run `hpo`, one child run per trial (its knobs, per-pass validation curve, outcome).
 The study lives in `reports/hpo/study.db` (SQLite) under a name derived from the data, the
 checkpoint and the seed, so re-running continues it and a new checkpoint starts a new one.
 """
@@ -135,11 +135,11 @@ def search(
         mlflow.log_params(flatten({"finetune": trial_params.finetune.model_dump()}))
         mlflow.set_tag("optuna.trial", trial.number)
 
-        def log(metrics: dict, epoch: int) -> None:
-            mlflow.log_metrics(metrics, step=epoch)
-            trial.report(metrics["val_macro_f1"], epoch)
+        def log(metrics: dict, step: int) -> None:
+            mlflow.log_metrics(metrics, step=step)
+            trial.report(metrics["val_macro_f1"], step)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"epoch {epoch}: validation macro-F1 {metrics['val_macro_f1']:.4f}")
+                raise optuna.TrialPruned(f"step {step}: validation macro-F1 {metrics['val_macro_f1']:.4f}")
 
         try:
             with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
@@ -175,7 +175,7 @@ def search(
 
 
 def plot_history(study, path: Path) -> Path:
-    """Each finished trial's score, the pruned ones' last epoch, and the best so far."""
+    """Each finished trial's score, the pruned ones' last pass, and the best so far."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,7 +187,7 @@ def plot_history(study, path: Path) -> Path:
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values]
     ax.scatter([t.number for t in done], [t.value for t in done], label="finished", color="C0")
     ax.scatter([t.number for t in pruned], [t.intermediate_values[t.last_step] for t in pruned],
-               label="pruned (last epoch)", color="C1", marker="x")  # fmt: skip
+               label="pruned (last pass)", color="C1", marker="x")  # fmt: skip
     best, xs, ys = float("-inf"), [], []
     for t in sorted(done, key=lambda t: t.number):
         best = max(best, t.value)

@@ -106,6 +106,8 @@ def register(params: Params) -> dict:
         "evaluation_report": f"runs:/{run_id}/evaluation/{catalog.REPORT_PAGE}",
         "model_card": f"runs:/{run_id}/model_card.md",
         "base_model": base_model_tag(meta.get("base_model")),
+        # the label budget: how many labelled training rows fine-tuning (and the baseline) saw
+        "labelled_rows": str(metrics["labelled_rows"]),
     }
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)

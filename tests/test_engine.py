@@ -58,8 +58,9 @@ def test_thread_choice_is_explicit_or_measured():
     assert choose_threads("auto") in {1, len(os.sched_getaffinity(0))}
 
 
-def test_gradient_accumulation_matches_the_full_batch(workdir):
-    params = _prepare(pretrain={"batch_size": 8, "max_steps": 8})
+@pytest.mark.parametrize("objective", ["mlm", "electra"])
+def test_gradient_accumulation_matches_the_full_batch(workdir, objective):
+    params = _prepare(pretrain={"batch_size": 8, "max_steps": 8, "objective": objective})
     pretrain(params, out_dir=Path("full"))
     accum = params.model_copy(update={"pretrain": params.pretrain.model_copy(update={"grad_accum_steps": 4})})
     pretrain(accum, out_dir=Path("accumulated"))

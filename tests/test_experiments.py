@@ -12,13 +12,14 @@ from .conftest import ROOT
 spec = importlib.util.spec_from_file_location("experiments", ROOT / "bench" / "experiments.py")
 experiments = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(experiments)
+label_curve = experiments.label_curve
 
 
 def _run(model: str, seed: int, acc: float, extra: str = "") -> dict:
     return {
         "key": experiments.run_key("sst2", model, seed, extra), "profile": "sst2", "model": model, "seed": seed,
         "extra": extra, "test_accuracy": acc, "test_macro_f1": acc - 0.01, "tfidf_accuracy": 0.80,
-        "tfidf_macro_f1": 0.79, "val_curve": [0.7, 0.75], "best_epoch": 2, "pretrain_s": 100.0,
+        "tfidf_macro_f1": 0.79, "val_curve": [0.7, 0.75], "best_step": 200, "pretrain_s": 100.0,
         "pretrain_tokens": 1000, "finetune_s": 50.0, "finetune_tokens": 500,
     }  # fmt: skip
 
@@ -44,6 +45,34 @@ def test_summary_report_and_plots(tmp_path):
     paths = experiments.plot(summary, tmp_path)
     assert [p.name for p in paths] == ["accuracy.png", "validation_sst2.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def _job(profile: str, model: str, budget, seed: int, acc: float, tfidf: float = 0.70) -> dict:
+    pretraining = {"objective": "mlm", "seed": 1, "wall_s": 240.0, "tokens_seen": 6_000_000, "val_loss": 6.1,
+                   "step": 1500, "threads": 1, "init_from": None}  # fmt: skip
+    return {"key": label_curve.job_key(profile, model, budget, seed), "profile": profile, "model": model,
+            "budget": budget, "labelled_rows": budget or 6000, "seed": seed, "test_accuracy": acc,
+            "test_macro_f1": acc, "tfidf_accuracy": tfidf, "tfidf_macro_f1": tfidf, "best_val_macro_f1": acc,
+            "best_step": 300, "steps": 800, "finetune_s": 30.0, "pretraining": pretraining}  # fmt: skip
+
+
+def test_label_curve_targets_table_and_plots(tmp_path):
+    jobs = []
+    for seed, jitter in ((1, -0.01), (2, 0.0), (3, 0.01)):
+        jobs += [_job("sst2", "mlm", 100, seed, 0.75 + jitter), _job("sst2", "scratch", 100, seed, 0.60 + jitter),
+                 _job("sst2", "mlm", None, seed, 0.84 + jitter, tfidf=0.82),
+                 _job("sst2", "scratch", None, seed, 0.83 + jitter, tfidf=0.82)]  # fmt: skip
+    summary = label_curve.cells(jobs)
+    assert summary[("sst2", "tfidf", 100)]["acc"] == 0.70 and summary[("sst2", "mlm", 100)]["n"] == 3
+    text = label_curve.report(jobs)
+    # 100 labels: +15 points over scratch and +5 over TF-IDF against a spread of 1: met.
+    assert "| sst2 | 100 | MLM-pretrained (0.7500) | +15.00 (1.00) | > 2× spread | +5.00 (1.00) | > 2× spread | yes |" in text
+    # all labels: +1 over scratch with a spread of 1 is not more than the spread.
+    assert "| sst2 | all | MLM-pretrained (0.8400) | +1.00 (1.00) | > 1× spread | +2.00 (1.00) | not a target | **no** |" in text
+    assert "best pretrained is MLM-pretrained at 0.8400; target **missed by 1.00 points**" in text
+    assert "Labelled rows per budget: 100 = 100, all = 6,000" in text
+    paths = label_curve.plot(summary, tmp_path)
+    assert [p.name for p in paths] == ["label_curve_sst2.png"] and paths[0].read_bytes()[:4] == b"\x89PNG"
 
 
 def test_finished_runs_are_read_back_and_skipped(tmp_path):

@@ -77,6 +77,7 @@ def test_pretrain_finetune_evaluate_register_chain(tokenized):
     np.testing.assert_allclose(out[["proba_negative", "proba_positive"]].sum(axis=1), 1.0, rtol=1e-5)
     version = mlflow.MlflowClient().get_model_version_by_alias("text-classifier", "challenger")
     assert {"git_commit", "data_hash", "params", "test_macro_f1"} <= set(version.tags)
+    assert version.tags["labelled_rows"] == str(read_json("checkpoints/finetuned/checkpoint.json")["labelled_rows"])
 
     # One inference path: the registered model scores the test split exactly as evaluate did.
     evaluated = pd.read_csv("reports/evaluation/predictions.csv", keep_default_na=False)

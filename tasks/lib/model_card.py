@@ -54,8 +54,9 @@ def render(
         pre = pretrained.get("pretrain", {})
         how = (
             f"{arch} ({shape}), pretrained with {pretrained.get('objective', pre.get('objective', 'mlm'))} LM "
-            f"for {pretrained.get('step')} steps, then fine-tuned ({finetuned.get('best_epoch')} of "
-            f"{finetuned.get('epochs_run')} epochs kept, early stopping on validation macro-F1)"
+            f"for {pretrained.get('step')} steps, then fine-tuned on {finetuned['labelled_rows']:,} "
+            f"labelled rows (the weights of step {finetuned.get('best_step')} of {finetuned.get('steps')} kept: "
+            "best validation macro-F1)"
         )
     else:
         how = f"{arch} ({shape}), fine-tuned"
