@@ -210,8 +210,9 @@ def finetune(
             schedule.step()
             step, n_steps, tokens = step + 1, n_steps + 1, tokens + n_tokens
             bar.update()
-        tokens_seen += all_reduce_sum(tokens, run.engine)
-        tps = all_reduce_sum(tokens, run.engine) / (time.perf_counter() - window_start)
+        window_tokens = all_reduce_sum(tokens, run.engine)
+        tokens_seen += window_tokens
+        tps = window_tokens / (time.perf_counter() - window_start)
         val_f1, val_acc = _validate(model, val_ids, val_y, run)
         row = {"step": step, "epoch": round(step * f.batch_size / len(rows), 2), "train_loss": loss_sum / n_steps,
                "val_macro_f1": val_f1, "val_accuracy": val_acc, "tokens_per_s": tps, "mfu": meter.mfu(tps)}  # fmt: skip

@@ -189,3 +189,25 @@ def test_params_know_every_registered_objective_and_which_are_causal():
 
     assert set(get_args(ObjectiveName)) == set(OBJECTIVES)
     assert CAUSAL_OBJECTIVES == {name for name, cls in OBJECTIVES.items() if cls.causal}
+
+
+def test_mask_rate_is_constant_or_falls_linearly_to_its_final_value():
+    from types import SimpleNamespace
+
+    from tasks.pretrain import mask_rate
+
+    constant = SimpleNamespace(mask_prob=0.15, mask_prob_final=None, max_steps=11)
+    assert {mask_rate(constant, s) for s in range(11)} == {0.15}
+    falling = SimpleNamespace(mask_prob=0.4, mask_prob_final=0.15, max_steps=11)
+    rates = [mask_rate(falling, s) for s in range(11)]
+    assert rates[0] == 0.4 and abs(rates[-1] - 0.15) < 1e-12 and abs(rates[5] - 0.275) < 1e-12
+    assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
+
+
+def test_mask_rate_above_one_half_is_refused():
+    from tasks.lib.config import ParamsError, parse_params
+
+    from .conftest import tiny_params
+
+    with pytest.raises(ParamsError, match="mask_prob"):
+        parse_params(tiny_params(pretrain={"mask_prob": 0.6}))
