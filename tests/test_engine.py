@@ -147,7 +147,7 @@ def test_ddp_and_accumulation_give_the_gradient_of_the_global_batch(tmp_path):
     _assert_close(single, ddp, atol=1e-5)
 
 
-def test_gradual_unfreezing_trains_only_the_head_in_the_first_epoch(workdir):
+def test_gradual_unfreezing_trains_only_the_head_in_the_first_interval(workdir):
     params = _prepare(finetune={"gradual_unfreeze": True, "max_steps": 8})
     pretrain(params)
     finetune(params, params.ingest.labels)
