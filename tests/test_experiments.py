@@ -66,9 +66,15 @@ def test_label_curve_targets_table_and_plots(tmp_path):
     assert summary[("sst2", "tfidf", 100)]["acc"] == 0.70 and summary[("sst2", "mlm", 100)]["n"] == 3
     text = label_curve.report(jobs)
     # 100 labels: +15 points over scratch and +5 over TF-IDF against a spread of 1: met.
-    assert "| sst2 | 100 | MLM-pretrained (0.7500) | +15.00 (1.00) | > 2× spread | +5.00 (1.00) | > 2× spread | yes |" in text
+    assert (
+        "| sst2 | 100 | MLM-pretrained (0.7500) | +15.00 (1.00) | > 2× spread | +5.00 (1.00) | > 2× spread | yes |"
+        in text
+    )
     # all labels: +1 over scratch with a spread of 1 is not more than the spread.
-    assert "| sst2 | all | MLM-pretrained (0.8400) | +1.00 (1.00) | > 1× spread | +2.00 (1.00) | not a target | **no** |" in text
+    assert (
+        "| sst2 | all | MLM-pretrained (0.8400) | +1.00 (1.00) | > 1× spread | +2.00 (1.00) | not a target | **no** |"
+        in text
+    )
     assert "best pretrained is MLM-pretrained at 0.8400; target **missed by 1.00 points**" in text
     assert "Labelled rows per budget: 100 = 100, all = 6,000" in text
     paths = label_curve.plot(summary, tmp_path)
