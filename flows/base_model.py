@@ -92,11 +92,12 @@ def base_model(root: str = ".", profile: str | None = None, training_deployment:
 if __name__ == "__main__":
     import argparse
 
-    from flows.runtime import offline_defaults
+    from flows.runtime import offline_defaults, reap_on_exit
 
     cli = argparse.ArgumentParser(description="Train and register a base language model (no labels used).")
     cli.add_argument("--profile", default=None, help="switch params.yaml to profiles/<name>.yaml first")
     args = cli.parse_args()
+    reap_on_exit()
     with offline_defaults():
         final = base_model(profile=args.profile, return_state=True)
     if final.is_failed():

@@ -27,9 +27,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed, State
 
 from tasks.lib import catalog, params_file
-from tasks.lib.common import file_lock, read_json
+from tasks.lib.common import excerpt, file_lock, read_json
 from tasks.lib.lineage import data_hash, git_commit
-from tasks.lib.tracking import PARENT_ENV, configure, flatten
+from tasks.lib.tracking import PARENT_ENV, configure, fail_abandoned_runs, flatten, owner_tags
 
 STAGES = ("ingest", "validate", "corpus", "tokenize", "pretrain", "finetune", "evaluate", "register")
 TRAINING = ("pretrain", "finetune")
@@ -75,7 +75,7 @@ def dvc_stage(stage: str, root: str, parent_run_id: str, force: bool = False):
         why = ": ".join(dict.fromkeys(" ".join(str(e).split()) for e in causes if str(e)))
         if any(isinstance(e, StageCmdFailedError) for e in causes):
             why += f" (its error is printed above: python -m tasks.{stage})"
-        return Failed(message=f"stage '{stage}' failed: {why}")
+        return Failed(message=f"stage '{stage}' failed: {excerpt(why)}")
     return {"stage": stage, "ran": bool(ran), "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -254,6 +254,15 @@ def workspace_params(root: Path, profile: str | None):
         return Failed(message=str(err))
 
 
+def registered(root: Path, params) -> bool:
+    from tasks.register import registry_holds
+
+    held = registry_holds(params.register_.model_name, root)
+    if not held and catalog.at(root, catalog.REGISTERED).exists():
+        get_run_logger().info("register: the registry holds no complete version of these outputs; registering again")
+    return held
+
+
 def run_stages(stages, root: Path, parent_run_id: str, params, refresh_source: bool, training_deployment: str | None):
     """Run `stages` in order inside the open MLflow parent run, the training ones through
     `training_deployment` when it is set; their results, or a Failed state (the parent run
@@ -273,7 +282,9 @@ def run_stages(stages, root: Path, parent_run_id: str, params, refresh_source: b
                     return done
                 results += done
             continue
-        force = refresh_source and stage == "ingest"
+        # The registry, not reports/registered.json, says whether register is done: a lost
+        # database or a killed registration leaves the file but no complete version.
+        force = (refresh_source and stage == "ingest") or (stage == "register" and not registered(root, params))
         state = stage_task(stage, root, parent_run_id, force, params.ingest.source)
         if stage == "validate":
             publish_validation(root)
@@ -314,8 +325,10 @@ def pipeline(
         if isinstance(params, State):
             return params
         configure(root_path)
+        for run_id in fail_abandoned_runs(mlflow.MlflowClient()):
+            logger.info("MLflow run %s was left RUNNING by a pipeline process that died: marked FAILED", run_id)
         pool = pool_of_this_run()
-        with mlflow.start_run(run_name="pipeline") as parent:
+        with mlflow.start_run(run_name="pipeline", tags=owner_tags()) as parent:
             mlflow.log_params(flatten(params.model_dump(by_alias=True)))
             mlflow.set_tag("work_pool", pool)
             results = run_stages(STAGES, root_path, parent.info.run_id, params, refresh_source, training_deployment)
@@ -353,12 +366,13 @@ def pipeline(
 if __name__ == "__main__":
     import argparse
 
-    from flows.runtime import offline_defaults
+    from flows.runtime import offline_defaults, reap_on_exit
     from tasks.lib.summary import terminal_lines
 
     cli = argparse.ArgumentParser(description="Run the pipeline as one Prefect flow.")
     cli.add_argument("--refresh-source", action="store_true", help="re-read the source even if params did not change")
     refresh = cli.parse_args().refresh_source
+    reap_on_exit()
     with offline_defaults():
         final = pipeline(refresh_source=refresh, return_state=True)
     if final.is_failed():

@@ -16,11 +16,13 @@ The policy lives in `tasks/lib/promotion.py`; this module only orchestrates it.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.states import Failed
 
 from tasks.lib import catalog
 from tasks.lib.promotion import (
@@ -30,9 +32,10 @@ from tasks.lib.promotion import (
     decision_tags,
     gate_line,
     held_out,
+    load_problem,
     score_version,
 )
-from tasks.lib.registry import CHAMPION, AliasMoved, alias_version, move_alias, previous_champion
+from tasks.lib.registry import CHAMPION, AliasMoved, alias_version, move_alias, previous_champion, version_problem
 
 
 @task(task_run_name="score version {version}")
@@ -52,7 +55,25 @@ def _open_registry(root: Path):
     return params, mlflow.MlflowClient()
 
 
+EXPECTED = (PromotionError, AliasMoved, TimeoutError)  # a user's situation, not a bug: one line, no traceback
+
+
+def _expected_failures_as_state(body):
+    """The flow's expected failures end it Failed with their one-line message instead of an
+    exception, so Prefect prints no traceback for them."""
+
+    @functools.wraps(body)  # Prefect reads the flow's parameters from the signature
+    def run(*args, **kwargs):
+        try:
+            return body(*args, **kwargs)
+        except EXPECTED as err:
+            return Failed(message=str(err))
+
+    return run
+
+
 @flow(name="promote")
+@_expected_failures_as_state
 def promote(version: str | None = None, root: str = ".") -> dict:
     """Decide on one challenger (the `challenger` alias unless `version` is given)."""
     from tasks.lib.lineage import data_hash
@@ -64,6 +85,8 @@ def promote(version: str | None = None, root: str = ".") -> dict:
     challenger = version or alias_version(client, name, params.register_.alias)
     if challenger is None:
         raise PromotionError(f"model '{name}' has no @{params.register_.alias} version: run the pipeline first")
+    if problem := version_problem(client, name, challenger):
+        raise PromotionError(f"{problem}: nothing was promoted")
     champion = alias_version(client, name, CHAMPION)
     if challenger == champion:
         raise PromotionError(f"version {challenger} is already @{CHAMPION}")
@@ -87,14 +110,18 @@ def promote(version: str | None = None, root: str = ".") -> dict:
 
 
 @flow(name="rollback")
+@_expected_failures_as_state
 def rollback(reason: str = "", root: str = ".") -> dict:
-    """Move `champion` back to the version it pointed at before the current one."""
+    """Move `champion` back to the version it pointed at before the current one, once that
+    version is complete and loads with every checksum matching."""
     params, client = _open_registry(Path(root).resolve())
     name = params.register_.model_name
     current = alias_version(client, name, CHAMPION)
     target = previous_champion(client, name)
     if current is None or target is None:
         raise PromotionError(f"model '{name}' has no earlier champion to roll back to")
+    if problem := version_problem(client, name, target) or load_problem(name, target):
+        raise PromotionError(f"cannot roll back to version {target}: {problem}; @{CHAMPION} stays on version {current}")
     event = move_alias(client, name, CHAMPION, target, current, "rollback", reason or "rollback")
     get_run_logger().info("champion: version %s -> version %s (rollback)", current, target)
     return event
@@ -108,15 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rollback", action="store_true", help="move @champion back to the previous champion")
     ap.add_argument("--reason", default="", help="why (recorded with a rollback)")
     args = ap.parse_args(argv)
-    try:
-        if args.rollback:
-            event = rollback(reason=args.reason)
-            print(f"champion: version {event['from_version']} -> version {event['to_version']} (rollback)")
-            return 0
-        decision = promote(version=args.version)
-    except (PromotionError, AliasMoved, TimeoutError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    state = (
+        rollback(reason=args.reason, return_state=True)
+        if args.rollback
+        else promote(version=args.version, return_state=True)
+    )
+    if state.is_failed():
+        print(f"error: {state.message}", file=sys.stderr)
         return 1
+    if args.rollback:
+        event = state.result()
+        print(f"champion: version {event['from_version']} -> version {event['to_version']} (rollback)")
+        return 0
+    decision = state.result()
     for g in decision["gates"]:
         print(gate_line(g))
     verb = "is now @champion" if decision["decision"] == "promoted" else "was NOT promoted"

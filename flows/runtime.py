@@ -27,3 +27,23 @@ def offline_defaults() -> Iterator[None]:
     }
     with temporary_settings(updates=updates):
         yield
+
+
+def reap_on_exit() -> None:
+    """Start the watchdog that stops this flow's processes when it dies (flows/reaper.py)."""
+    import subprocess
+    import sys
+
+    subprocess.Popen(
+        [sys.executable, "-m", "flows.reaper", str(os.getpid())],
+        start_new_session=True,  # a Ctrl-C or kill of the flow's process group spares it
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_root(), os.environ.get("PYTHONPATH")]))},
+    )
+
+
+def _root() -> str:
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parents[1])

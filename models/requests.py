@@ -44,4 +44,20 @@ def _as_texts(model_input) -> list[str]:
         raise mlflow.exceptions.MlflowException.invalid_parameter_value(
             f"every input must be a string; item(s) {bad[:5]} are not"
         )
+    if problem := text_problem(values):
+        raise mlflow.exceptions.MlflowException.invalid_parameter_value(problem)
     return values
+
+
+def text_problem(texts: list[str]) -> str | None:
+    """The rule training applies to its texts, at serving time: none may be empty or only
+    whitespace (there is nothing to classify, and a confident label would be made up), and each
+    must be encodable as UTF-8 (a lone surrogate from JSON is not). None when all are fine."""
+    for i, text in enumerate(texts):
+        if not text.strip():
+            return f"item {i} is empty or only whitespace: there is nothing to classify"
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            return f"item {i} cannot be encoded as UTF-8 ({err.reason} at character {err.start})"
+    return None

@@ -206,7 +206,7 @@ def finetune(
         for _ in range(min(f.eval_every, f.max_steps - step)):
             idx = next(stream)
             parts, n_tokens = micro_batches(idx, train_ids, train_y, run.engine, f.grad_accum_steps, pad_id)
-            loss_sum += run.step(train_model, optimizer, parts, classification_loss, f.grad_clip)
+            loss_sum += run.step(train_model, optimizer, parts, classification_loss, f.grad_clip, step + 1)
             schedule.step()
             step, n_steps, tokens = step + 1, n_steps + 1, tokens + n_tokens
             bar.update()
@@ -247,7 +247,7 @@ def finetune(
     base = read_json(pretrained_dir / catalog.META).get("init_from") if f.init == "pretrained" else None
     meta = {"model_config": config, "labels": labels, "init": f.init, "base_model": base, "finetune": f.model_dump(),
             "seed": seed, "history": history, **summary}  # fmt: skip
-    run.finish(out_dir, meta, lambda folder, meta: save_checkpoint(folder, model.cpu(), meta))
+    run.finish(out_dir, meta, lambda folder, meta: save_checkpoint(folder, model.cpu(), meta), model)
     return summary
 
 

@@ -210,7 +210,7 @@ def pretrain(
         objective.mask_prob = mask_rate(p, step)
         batch = objective.batch(corpus.sample(p.batch_size, width, gen), gen)
         parts = micro_batches(batch, objective, run.engine, p.grad_accum_steps)
-        step_loss = run.step(train_model, optimizer, parts, lm_loss, p.grad_clip)
+        step_loss = run.step(train_model, optimizer, parts, lm_loss, p.grad_clip, step + 1)
         schedule.step()
         state["tokens_seen"] += batch[0].numel()
         state["window_loss"] += step_loss
@@ -244,7 +244,7 @@ def pretrain(
         save_model(model.body, str(folder / catalog.BODY_WEIGHTS))
         shutil.copyfile(tokenizer_file, folder / catalog.LM_TOKENIZER)  # so the folder is a reusable LM
 
-    run.finish(out_dir, meta, save)
+    run.finish(out_dir, meta, save, model)
     return summary
 
 

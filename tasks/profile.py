@@ -22,11 +22,12 @@ def available(profiles_dir: Path = catalog.PROFILES) -> list[str]:
 
 
 def apply_profile(name: str, params: Path = catalog.PARAMS, profiles_dir: Path = catalog.PROFILES) -> dict:
-    source = profiles_dir / f"{name}.yaml"
-    if not source.exists():
+    # A name, not a path: `../../x` must not apply a file from outside profiles/.
+    if name not in available(profiles_dir):
         raise StageError(
-            f"no profile '{name}' in {profiles_dir}/; available: {', '.join(available(profiles_dir)) or 'none'}"
+            f"no profile '{name[:80]}' in {profiles_dir}/; available: {', '.join(available(profiles_dir)) or 'none'}"
         )
+    source = profiles_dir / f"{name}.yaml"
     return params_file.merge(params_file.read(source), params)
 
 

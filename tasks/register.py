@@ -22,6 +22,7 @@ from tasks.lib.common import StageError, read_json, run_stage, write_json_atomic
 from tasks.lib.config import Params, load_params
 from tasks.lib.lineage import data_hash, git_commit, lineage_params, restore_command
 from tasks.lib.model_card import render_from_workspace
+from tasks.lib.registry import COMPLETE, REGISTRATION_TAG, give_up_interrupted, registry_lock, version_problem
 from tasks.lib.tracking import PARENT_ENV
 
 # Absolute, so registering works from any working folder.
@@ -47,14 +48,39 @@ def base_model_tag(base: dict | None) -> str:
 
 
 def register(params: Params) -> dict:
+    """Register the fine-tuned model as a new version, under the registry lock: a version is
+    usable only once its last tag (the completion marker) is set, and versions that an
+    interrupted registration left without one are marked unusable first."""
     import mlflow
-    import pandas as pd
-    from mlflow.models import infer_signature
 
     weights = catalog.FINETUNED / catalog.WEIGHTS
     for needed in (weights, catalog.TOKENIZER_FILE, catalog.METRICS):
         if not needed.exists():
             raise StageError(f"{needed} not found: run the stages before register (dvc repro)")
+    with registry_lock():
+        give_up_interrupted(mlflow.MlflowClient(), params.register_.model_name)
+        return _register(params, weights)
+
+
+def registry_holds(name: str, root: Path = Path(".")) -> bool:
+    """Whether the registry holds a complete version of exactly the workspace's fine-tuned
+    weights, as reports/registered.json says (the file alone can outlive the registry)."""
+    import mlflow
+
+    record_file, weights = catalog.at(root, catalog.REGISTERED), catalog.at(root, catalog.FINETUNED / catalog.WEIGHTS)
+    if not (record_file.exists() and weights.exists()):
+        return False
+    record, client = read_json(record_file), mlflow.MlflowClient()
+    if record.get("name") != name or version_problem(client, name, record["version"]):
+        return False
+    return client.get_model_version(name, record["version"]).tags.get("weights_sha256") == file_sha256(weights)
+
+
+def _register(params: Params, weights: Path) -> dict:
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
     meta = read_json(catalog.FINETUNED / catalog.META)
     example = list(EXAMPLE)
     output_example = pd.DataFrame(
@@ -70,6 +96,7 @@ def register(params: Params) -> dict:
                 "labels": meta["labels"],
                 "model_config": meta["model_config"],
                 "weights_sha256": file_sha256(weights),
+                "tokenizer_sha256": file_sha256(catalog.TOKENIZER_FILE),
                 "max_texts_per_request": cfg.max_texts_per_request,
             },
         )
@@ -108,6 +135,7 @@ def register(params: Params) -> dict:
         "base_model": base_model_tag(meta.get("base_model")),
         # the label budget: how many labelled training rows fine-tuning (and the baseline) saw
         "labelled_rows": str(metrics["labelled_rows"]),
+        "weights_sha256": file_sha256(weights),
     }
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)
@@ -118,6 +146,7 @@ def register(params: Params) -> dict:
     client.update_model_version(cfg.model_name, version, description=card)
     for key, value in tags.items():
         client.set_model_version_tag(cfg.model_name, version, key, value)
+    client.set_model_version_tag(cfg.model_name, version, REGISTRATION_TAG, COMPLETE)  # last: the version is whole
     client.set_registered_model_alias(cfg.model_name, cfg.alias, version)
     record = {
         "name": cfg.model_name,

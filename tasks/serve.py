@@ -9,8 +9,10 @@ The same endpoints and answers as `mlflow models serve` (POST /invocations, GET 
 MLflow's server casts numbers and nulls to strings before the model sees them, and its
 error bodies carry stack traces. Here a request must be JSON holding one list of strings,
 in any of MLflow's layouts (`inputs`, `instances`, `dataframe_records`, `dataframe_split`,
-with the column named `text`); anything else gets a 4xx whose message says what was wrong,
-with no traceback or path. The process never dies of a bad request.
+with the column named `text`), each text non-empty (the rule training applies); anything else
+(invalid UTF-8, nesting too deep, numbers too long included) gets a 4xx whose message says what
+was wrong, with no traceback or path. A connection that stops sending mid-request is closed
+after `--read-timeout` seconds. The process never dies of a bad request.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import logging
 import sys
 
 from fastapi import Request  # module level: FastAPI resolves the handler's annotations here
+
+from models.requests import text_problem
 
 TEXT = "text"
 LAYOUTS = ("inputs", "instances", "dataframe_records", "dataframe_split")
@@ -88,13 +92,74 @@ def _strings(values: list) -> list[str]:
         if not isinstance(v, str):
             kind = "null" if v is None else type(v).__name__
             raise RequestError(400, f"item {i} is {kind}: every text must be a string")
+    if problem := text_problem(values):
+        raise RequestError(400, problem)
     return values
+
+
+def decode_body(body: bytes):
+    """The JSON value of a request body, or a RequestError: invalid UTF-8, nesting deeper
+    than Python's parser goes, and numbers too long to convert are bad requests, not 500s."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RequestError(400, f"the body is not valid UTF-8 (byte {err.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RequestError(
+            400, f"the body is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
+        ) from None
+    except RecursionError:
+        raise RequestError(400, "the body is nested too deeply: send a flat list of strings") from None
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        raise RequestError(400, f"the body holds a value that cannot be read ({str(err)[:80]})") from None
 
 
 def _error(status: int, message: str, code: str = "BAD_REQUEST"):
     from fastapi.responses import JSONResponse
 
     return JSONResponse({"error_code": code, "message": message}, status_code=status)
+
+
+def read_timeout_protocol(seconds: float):
+    """uvicorn's HTTP/1.1 protocol with a read timeout: uvicorn closes idle keep-alive
+    connections but waits forever on a request whose headers or body stop arriving (one
+    such client per connection slot starves the server). The timer is re-armed on every
+    chunk while a request is still being received, and never runs while the model works."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class ReadTimeoutH11(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            self._disarm()
+            super().data_received(data)
+            if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._read_timer = self.loop.call_later(seconds, self._read_timed_out)
+
+        def _disarm(self) -> None:
+            if timer := getattr(self, "_read_timer", None):
+                timer.cancel()
+                self._read_timer = None
+
+        def _read_timed_out(self) -> None:
+            if not self.transport.is_closing():
+                log.info("closed a connection that sent nothing for %.0f s", seconds)
+                self.transport.close()
+
+    return ReadTimeoutH11
 
 
 def build_app(model, max_bytes: int, max_texts: int):
@@ -104,6 +169,7 @@ def build_app(model, max_bytes: int, max_texts: int):
     from fastapi.responses import Response
     from mlflow.exceptions import MlflowException
     from mlflow.pyfunc.scoring_server import invocations
+    from starlette.requests import ClientDisconnect
 
     app = FastAPI(title="text classifier", docs_url=None, redoc_url=None, openapi_url=None)
     schema = model.metadata.get_input_schema()
@@ -122,14 +188,15 @@ def build_app(model, max_bytes: int, max_texts: int):
         if (request.headers.get("content-type") or "").split(";")[0].strip() != "application/json":
             return _error(415, "send the body as JSON with 'Content-Type: application/json'", "UNSUPPORTED_MEDIA_TYPE")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_bytes:
-                return _error(413, f"the body exceeds {max_bytes:,} bytes: split the request", "PAYLOAD_TOO_LARGE")
         try:
-            texts = parse_texts(json.loads(body))
-        except json.JSONDecodeError as err:
-            return _error(400, f"the body is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})")
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_bytes:
+                    return _error(413, f"the body exceeds {max_bytes:,} bytes: split the request", "PAYLOAD_TOO_LARGE")
+        except ClientDisconnect:  # the client left, or the read timeout closed it: nobody to answer
+            return Response(status_code=400)
+        try:
+            texts = parse_texts(decode_body(bytes(body)))
         except RequestError as err:
             return _error(err.status, str(err))
         if len(texts) > max_texts:
@@ -153,6 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default) serves this machine only")
     ap.add_argument("-p", "--port", type=int, default=5001)
     ap.add_argument("--max-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    ap.add_argument(
+        "--read-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a connection may send nothing while a request is incomplete (default 30)",
+    )
+    ap.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle keep-alive connection stays open")
     args = ap.parse_args(argv)
 
     import mlflow
@@ -172,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     max_texts = getattr(model.unwrap_python_model(), "max_texts", 1000)
     app = build_app(model, args.max_bytes, max_texts)
     print(f"serving {args.model_uri} on http://{args.host}:{args.port}/invocations", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", http=read_timeout_protocol(args.read_timeout),
+                timeout_keep_alive=args.keep_alive)  # fmt: skip
     return 0
 
 

@@ -16,7 +16,7 @@ TEXTS = ["the first document", "a second one, with a comma", "third"]
 
 def spec(path, **layout) -> ReadSpec:
     base = {"format": "auto", "header": True, "columns": None, "quoting": "minimal", "encoding": "utf-8",
-            "text_column": "text", "label_column": "label", "label_map": None}  # fmt: skip
+            "text_column": "text", "label_column": "label", "label_map": None, "cast_text": False}  # fmt: skip
     return ReadSpec(path=str(path), **{**base, **layout})
 
 

@@ -34,15 +34,27 @@ class StageError(RuntimeError):
     """Bad input or a failed gate: reported as one paragraph, without a traceback."""
 
 
+MESSAGE_LIMIT = 2000  # characters of an error message: one screen, whatever bad input it quotes
+
+
+def excerpt(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """`text` cut to about `limit` characters, its start and end kept and the cut said."""
+    if len(text) <= limit:
+        return text
+    keep = max(limit // 2 - 20, 1)
+    return f"{text[:keep]} … [{len(text) - 2 * keep:,} characters cut] … {text[-keep:]}"
+
+
 def run_stage(main) -> None:
-    """Entry point wrapper: StageError and ParamsError exit 1 with their message only."""
+    """Entry point wrapper: StageError and ParamsError exit 1 with their message only, cut to
+    a screen (a message may quote bad input, and bad input can be a 50 MB line)."""
     from tasks.lib.config import ParamsError
 
     apply_env_defaults()  # `dvc repro` runs stages straight from a shell, not via the flow
     try:
         main()
     except (StageError, ParamsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {excerpt(str(err))}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
@@ -75,7 +87,7 @@ def _clear_dead_runs(final: Path) -> None:
     it had moved aside but not yet replaced goes back into place."""
     for leftover in final.parent.glob(f".{final.name}.*-*"):
         kind, _, pid = leftover.name.removeprefix(f".{final.name}.").partition("-")
-        if kind not in ("tmp", "old") or not pid.isdigit() or _alive(int(pid)):
+        if kind not in ("tmp", "old") or not pid.isdigit() or pid_alive(int(pid)):
             continue
         if kind == "old" and not final.exists():
             leftover.rename(final)
@@ -83,7 +95,7 @@ def _clear_dead_runs(final: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -54,6 +54,7 @@ class IngestParams(_Section):
     text_column: str = "text"
     label_column: str = "label"
     label_map: dict[str, str] | None = None
+    cast_text: bool = False  # numbers in the text column are an error unless this is set
     splits: dict[SplitName, SourceSpec] | None = None
     labels: list[str] = Field(min_length=2)
     clean_text: bool
@@ -227,7 +228,8 @@ class EvaluateParams(_Section):
 
 
 class RegisterParams(_Section):
-    model_name: str = Field(min_length=1)
+    # What MLflow accepts as a name and what stays one path segment: no "/", no "..".
+    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", min_length=1)
     alias: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
     max_texts_per_request: int = Field(ge=1)  # the served model refuses larger requests
 

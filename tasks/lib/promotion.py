@@ -49,6 +49,17 @@ def score_version(name: str, version: str, texts: list[str], labels: list[str]) 
     }
 
 
+def load_problem(name: str, version: str) -> str | None:
+    """Why `version` does not load as a server would load it (checksums verified), or None."""
+    import mlflow
+
+    try:
+        mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    except load_errors() as err:
+        return f"it cannot be loaded ({type(err).__name__}: {one_line(err)})"
+    return None
+
+
 def one_line(err: BaseException, limit: int = 300) -> str:
     text = getattr(err, "message", None) or str(err) or type(err).__name__
     return " ".join(text.split())[:limit]

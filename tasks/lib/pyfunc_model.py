@@ -36,10 +36,12 @@ class TextClassifier(PythonModel):
             meta = json.loads(Path(context.artifacts["config"]).read_text())
         except ValueError as err:
             raise ModelLoadError(f"the model's config artifact is not valid JSON ({err})") from None
-        # A flipped byte in the weights still loads; the checksum taken at registration does not match.
-        expected = meta.get("weights_sha256")
-        if expected and file_sha256(context.artifacts["weights"]) != expected:
-            raise ModelLoadError("the model's weights do not match the checksum recorded at registration")
+        # A flipped byte in the weights still loads, and an edited tokenizer still encodes; the
+        # checksums taken at registration do not match.
+        for name in ("weights", "tokenizer"):
+            expected = meta.get(f"{name}_sha256")
+            if expected and file_sha256(context.artifacts[name]) != expected:
+                raise ModelLoadError(f"the model's {name} do not match the checksum recorded at registration")
         self.labels = meta["labels"]
         self.max_texts = meta.get("max_texts_per_request", 1000)
         self.tokenizer = Tokenizer.from_file(context.artifacts["tokenizer"])
@@ -52,6 +54,8 @@ class TextClassifier(PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         texts = texts_of(model_input, self.max_texts)
         proba = predict_proba(self.model, encode(self.tokenizer, texts))
+        if not np.isfinite(proba).all():  # NaN is not JSON: never answer with it
+            raise ModelLoadError("the model's outputs are not finite numbers: its weights are broken")
         out = pd.DataFrame({"label": [self.labels[i] for i in proba.argmax(1)]})
         for i, name in enumerate(self.labels):
             out[f"proba_{name}"] = proba[:, i].astype(np.float64)

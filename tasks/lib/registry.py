@@ -21,6 +21,10 @@ from tasks.lib.common import file_lock
 CHAMPION = "champion"
 LOG_PREFIX = "alias_log."
 LOCK_ENV = "PROMOTION_LOCK"
+# Set on a version last, after every lineage tag and the card: a version without it is not
+# usable (its registration was killed). Its other value says why a version was given up on.
+REGISTRATION_TAG = "registration"
+COMPLETE = "complete"
 
 
 class AliasMoved(RuntimeError):
@@ -115,13 +119,63 @@ def previous_champion(client, name: str) -> str | None:
 
 
 def resolve_version(client, name: str, ref: str) -> str:
-    """A version number, or an alias, as a version number."""
+    """A version number, or an alias, as a version number of a version that exists."""
     if ref.isdigit():
+        if not version_exists(client, name, ref):
+            raise LookupError(f"model '{name}' has no version {ref}")
         return ref
     version = alias_version(client, name, ref)
     if version is None:
         raise LookupError(f"model '{name}' has no alias '{ref}'")
     return version
+
+
+def version_exists(client, name: str, version: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(name, version)
+    except MlflowException:
+        return False
+    return True
+
+
+def version_problem(client, name: str, version: str) -> str | None:
+    """Why `version` cannot be promoted or rolled back to (None: it is complete)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = client.get_model_version(name, version).tags
+    except MlflowException:
+        return f"model '{name}' has no version {version}"
+    state = tags.get(REGISTRATION_TAG)
+    if state != COMPLETE:
+        why = state or "its registration did not finish: no lineage, card or completion marker"
+        return f"version {version} of '{name}' is incomplete ({why}); register the model again"
+    return None
+
+
+def give_up_interrupted(client, name: str, say=print) -> list[str]:
+    """Mark every version whose registration never finished as unusable. Call it holding
+    `registry_lock`: registrations hold it throughout, so an unmarked version found then
+    belongs to a registration that died."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    given_up = []
+    for v in versions:
+        if REGISTRATION_TAG not in v.tags:
+            client.set_model_version_tag(name, v.version, REGISTRATION_TAG, "unusable: its registration was interrupted")
+            for alias in v.aliases:
+                client.delete_registered_model_alias(name, alias)
+            given_up.append(str(v.version))
+    if given_up:
+        say(f"register: version(s) {', '.join(given_up)} of '{name}' were left incomplete by an interrupted "
+            "registration; marked unusable")  # fmt: skip
+    return given_up
 
 
 def lineage(client, name: str, version: str) -> dict:

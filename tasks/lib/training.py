@@ -1,13 +1,15 @@
 """The training skeleton pretrain and finetune share: resume, engine, optimizer step,
-checkpoint, barrier; plus the schedule, batching and throughput helpers.
+checkpoint, barrier; plus the schedule, batching and throughput helpers. A non-finite loss,
+gradient norm or weight fails the stage (`Diverged`), and a resume state is used only when
+its checksums match.
 
 A stage builds its model, optimizer and batches, then:
 
     run = TrainingRun(section, knobs, inputs, resume_dir, run_id)   # engine + saved state
     saved = run.restore(model, optimizer, schedule, gen)            # None: a fresh start
-    loss = run.step(model, optimizer, micro_batches, loss_of, clip) # every optimizer step
-    run.save_resume(model, optimizer, schedule, gen, meta, tensors) # every checkpoint
-    run.finish(out_dir, meta, save)                                 # rank 0 saves; all stop
+    loss = run.step(model, optimizer, micro_batches, loss_of, clip, n)  # step n; NaN/Inf fails
+    run.save_resume(model, optimizer, schedule, gen, meta, tensors)   # every checkpoint
+    run.finish(out_dir, meta, save, model)                            # rank 0 saves; all stop
 """
 
 from __future__ import annotations
@@ -23,9 +25,19 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from models.checksum import file_sha256
 from tasks.lib import catalog
 from tasks.lib.common import StageError, atomic_dir, read_json, write_json_atomic
-from tasks.lib.engine import ENGINE_KNOBS, Engine, all_reduce_sum, barrier, no_sync, start_engine, stop_engine
+from tasks.lib.engine import (
+    ENGINE_KNOBS,
+    Engine,
+    all_reduce_sum,
+    barrier,
+    is_rank_zero,
+    no_sync,
+    start_engine,
+    stop_engine,
+)
 
 
 def warmup_cosine(warmup: int, total: int, floor: float = 0.1):
@@ -76,11 +88,48 @@ def run_fingerprint(knobs: dict, *folders: Path) -> str:
     return h.hexdigest()[:16]
 
 
+CHECKSUMS = "checksums.json"  # written last into a resume state: the SHA-256 of every other file in it
+
+
 def resume_meta(directory: Path, fingerprint: str) -> dict | None:
-    """The saved state's metadata, only if it belongs to the run with this fingerprint."""
+    """The saved state's metadata, only if it belongs to the run with this fingerprint (an
+    unreadable one belongs to no run: `usable_resume` sets it aside)."""
     meta_file = directory / catalog.META
-    meta = read_json(meta_file) if meta_file.exists() else None
-    return meta if meta and meta.get("fingerprint") == fingerprint else None
+    try:
+        meta = read_json(meta_file) if meta_file.exists() else None
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("fingerprint") == fingerprint else None
+
+
+def resume_damage(directory: Path) -> str | None:
+    """What is wrong with a saved resume state's files (None: every checksum matches)."""
+    try:
+        expected = read_json(directory / CHECKSUMS)
+    except (OSError, ValueError):
+        return f"{CHECKSUMS} is missing or unreadable"
+    present = {f.name for f in directory.iterdir() if f.is_file()} - {CHECKSUMS}
+    if set(expected) != present:
+        return f"it holds {sorted(present)}, its checksums name {sorted(expected)}"
+    bad = [name for name, digest in sorted(expected.items()) if file_sha256(directory / name) != digest]
+    return f"{', '.join(bad)} changed since it was written" if bad else None
+
+
+def usable_resume(directory: Path, fingerprint: str, say=print) -> dict | None:
+    """The metadata of a resume state that belongs to this run and is intact. A damaged one
+    (a flipped byte, a cut file, an unreadable header) is never resumed: it is moved aside,
+    with one line saying so, and the run starts fresh."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    meta_ok = resume_meta(directory, fingerprint)
+    damage = resume_damage(directory)
+    if damage is None:
+        return meta_ok
+    aside = directory.with_name(f"{directory.name.removesuffix('-resume')}-damaged-{time.strftime('%Y%m%dT%H%M%S')}-resume")
+    directory.rename(aside)
+    say(f"warning: the saved resume state {directory} is damaged ({damage}); moved to {aside}, starting fresh")
+    return None
 
 
 def save_resume_state(directory: Path, model, optimizer, schedule, gen, meta: dict, tensors: dict) -> None:
@@ -93,6 +142,7 @@ def save_resume_state(directory: Path, model, optimizer, schedule, gen, meta: di
             {"generator": gen.get_state(), "torch_rng": torch.get_rng_state(), **tensors},
             str(tmp / "state.safetensors"),
         )
+        write_json_atomic(tmp / CHECKSUMS, {f.name: file_sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()})
 
 
 def restore_resume_state(directory: Path, model, optimizer, schedule, gen) -> tuple[dict, dict]:
@@ -180,7 +230,7 @@ class TrainingRun:
     def __init__(self, section, knobs: dict, inputs: list[Path], resume_dir: Path, run_id: str | None):
         self.fingerprint = run_fingerprint(knobs, *inputs)
         self.resume_dir, self.run_id = resume_dir, run_id
-        self.saved = resume_meta(resume_dir, self.fingerprint)
+        self.saved = usable_resume(resume_dir, self.fingerprint, say=print if is_rank_zero() else lambda _: None)
         # A resumed run keeps its thread count: the count changes float rounding.
         self.engine: Engine = start_engine(section, threads=self.saved and self.saved.get("threads"))
 
@@ -195,16 +245,21 @@ class TrainingRun:
         return restore_resume_state(self.resume_dir, model, optimizer, schedule, gen)
 
     def save_resume(self, model, optimizer, schedule, gen, meta: dict, tensors: dict) -> None:
+        check_weights(model, meta["step"])
         if self.is_main:
             meta = {**meta, "fingerprint": self.fingerprint, "mlflow_run_id": self.run_id, "threads": self.engine.threads}
             save_resume_state(self.resume_dir, model, optimizer, schedule, gen, meta, tensors)
 
-    def step(self, model, optimizer, micro_batches: list[tuple[object, float]], loss_of, grad_clip: float) -> float:
-        return optimizer_step(model, optimizer, micro_batches, loss_of, grad_clip, self.engine)
+    def step(self, model, optimizer, micro_batches: list[tuple[object, float]], loss_of, grad_clip: float,
+             step: int) -> float:  # fmt: skip
+        """One optimizer step (`step` counts from 1); a loss or gradient that is NaN or
+        infinite fails the stage here, before the optimizer writes it into the weights."""
+        return optimizer_step(model, optimizer, micro_batches, loss_of, grad_clip, self.engine, step)
 
-    def finish(self, out_dir: Path, meta: dict, save) -> None:
-        """Rank 0 writes the stage's output through `save(folder)` and drops the resume
-        state; every rank then waits for it and leaves the process group."""
+    def finish(self, out_dir: Path, meta: dict, save, model: nn.Module) -> None:
+        """Rank 0 writes the stage's output (`model`, finite, through `save(folder, meta)`) and
+        drops the resume state; every rank then waits for it and leaves the process group."""
+        check_weights(model, "at the end of training")
         if self.is_main:
             meta = {**meta, "engine": self.engine.describe(), "mlflow_run_id": self.run_id}
             with atomic_dir(out_dir) as tmp:
@@ -215,7 +270,7 @@ class TrainingRun:
 
 
 def optimizer_step(model, optimizer, micro_batches: list[tuple[object, float]], loss_of, grad_clip: float,
-                   engine: Engine) -> float:  # fmt: skip
+                   engine: Engine, step: int = 0) -> float:  # fmt: skip
     """One optimizer step over this rank's micro-batches of a global batch, each given with
     its share of the global batch; returns the global batch's mean loss. Weighting each
     micro-batch's loss by its share makes accumulation and DDP give the gradient of the one
@@ -228,9 +283,35 @@ def optimizer_step(model, optimizer, micro_batches: list[tuple[object, float]], 
         # DDP averages gradients over ranks; the shares already sum to one over all ranks.
         (loss * share * engine.world).backward()
         local += loss.item() * share
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+    # The norm is of the all-reduced gradients: every rank sees the same value and stops together.
+    norm = float(torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip))
+    if not math.isfinite(norm):
+        raise Diverged(step, "gradient norm", norm)
     optimizer.step()
-    return all_reduce_sum(local, engine)
+    total = all_reduce_sum(local, engine)
+    if not math.isfinite(total):
+        raise Diverged(step, "loss", total)
+    return total
+
+
+class Diverged(StageError):
+    """Training produced NaN or Inf: the stage fails, its previous outputs stay in place."""
+
+    def __init__(self, step: int | str, quantity: str, value: float | None = None):
+        at = f"at step {step}" if isinstance(step, int) else step
+        shown = f" is {value}" if value is not None else " holds NaN or Inf"
+        super().__init__(
+            f"training diverged {at}: the {quantity}{shown}. Nothing was written and the previous outputs "
+            "are untouched; lower the learning rate (or raise warm-up) and run again"
+        )
+
+
+def check_weights(model: nn.Module, step: int | str) -> None:
+    """Fail, naming the first tensor, if any weight is NaN or Inf (checked at every checkpoint)."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise Diverged(step, f"weight tensor '{name}'")
+
 
 
 def result_knobs(section, *exclude: str) -> dict:

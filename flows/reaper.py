@@ -1,0 +1,99 @@
+"""The processes a flow started die with it, however it ends.
+
+    python -m flows.reaper PID        # started by flows.runtime.reap_on_exit(), not by hand
+
+A flow starts stage processes (through DVC, some with pool workers or torchrun ranks) and
+Prefect's ephemeral API server. `kill -9` of the flow leaves them all running: re-parented,
+a pretraining goes on training after the workspace lock is released and the server keeps
+its port. This watchdog, in a session of its own so a signal to the flow's group spares it,
+records the flow's descendants twice a second; once the flow is gone it terminates those
+still running (SIGTERM, then SIGKILL after a grace period) and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+POLL_S = 0.5
+GRACE_S = 5.0
+
+
+def children_map() -> dict[int, list[int]]:
+    """Parent pid -> child pids, from /proc (Linux)."""
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # comm may hold spaces and parentheses: the fields after the last ')' are fixed.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        tree.setdefault(int(fields[1]), []).append(int(entry.name))
+    return tree
+
+
+def descendants(pid: int, tree: dict[int, list[int]]) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def start_time(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot): tells a pid apart from a later reuse."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def alive(pid: int, started: str | None) -> bool:
+    return started is not None and start_time(pid) == started
+
+
+def terminate(pids: dict[int, str | None]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        living = {p: s for p, s in pids.items() if alive(p, s)}
+        for pid in living:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + GRACE_S
+        while living and time.monotonic() < deadline:
+            living = {p: s for p, s in living.items() if alive(p, s)}
+            time.sleep(0.1)
+        if not living:
+            return
+
+
+def watch(flow_pid: int) -> None:
+    flow_started = start_time(flow_pid)
+    seen: dict[int, str | None] = {}
+    me = os.getpid()
+    while alive(flow_pid, flow_started):
+        for pid in descendants(flow_pid, children_map()) - {me}:
+            seen.setdefault(pid, start_time(pid))
+        time.sleep(POLL_S)
+    # Re-parented children of the dead flow, and whatever they started since.
+    tree = children_map()
+    for pid in list(seen):
+        for child in descendants(pid, tree) - {me}:
+            seen.setdefault(child, start_time(child))
+    left = {p: s for p, s in seen.items() if alive(p, s)}
+    if left:
+        print(f"reaper: the flow (pid {flow_pid}) is gone; stopping the {len(left)} process(es) it left running",
+              file=sys.stderr)  # fmt: skip
+        terminate(left)
+
+
+if __name__ == "__main__":
+    watch(int(sys.argv[1]))

@@ -1,0 +1,458 @@
+# ruff: noqa: F811  (the promotion fixtures are imported by name and requested as arguments)
+"""Faults and bad input that used to pass silently: each test is one row of docs/reliability.md.
+
+Stage-level cases run the real stage functions on the tiny corpus; the pipeline cases run
+`dvc repro` and the flow in a temporary git repository with a real MLflow registry; the
+serving cases talk to a real server on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from fastapi import Request  # module level: FastAPI resolves handler annotations here
+
+from tasks.lib.common import read_json
+from tasks.lib.config import load_params
+from tasks.lib.registry import CHAMPION, REGISTRATION_TAG, alias_version
+from tasks.lib.training import CHECKSUMS, Diverged
+
+# The promotion tests' tiny registry (v1 trained, v2 always negative, v3 always positive).
+from .conftest import ROOT
+from .test_promote import NAME, _promote, _promote_ok, _stored_artifact, project, registry  # noqa: F401, F811
+
+
+def _set_params(**sections) -> None:
+    raw = yaml.safe_load(open("params.yaml"))
+    for section, values in sections.items():
+        raw[section].update(values)
+    Path("params.yaml").write_text(yaml.safe_dump(raw))
+
+
+# --- 1. finite or fail --------------------------------------------------------------------------
+
+
+def test_diverged_finetuning_fails_naming_the_step_and_keeps_the_previous_model(tokenized):
+    from tasks.finetune import finetune
+    from tasks.pretrain import pretrain
+
+    pretrain(tokenized)
+    finetune(tokenized, tokenized.ingest.labels)
+    before = Path("checkpoints/finetuned/model.safetensors").read_bytes()
+    _set_params(finetune={"lr": 10000.0})
+    with pytest.raises(Diverged, match=r"training diverged at step \d+: the (loss|gradient norm) is nan"):
+        finetune(load_params(), tokenized.ingest.labels)
+    assert Path("checkpoints/finetuned/model.safetensors").read_bytes() == before
+
+
+def test_diverged_pretraining_fails_before_writing(tokenized):
+    from tasks.pretrain import pretrain
+
+    _set_params(pretrain={"lr": 1e6, "warmup_steps": 1, "grad_clip": 1e30})
+    with pytest.raises(Diverged, match="training diverged at step"):
+        pretrain(load_params())
+    assert not Path("checkpoints/pretrained").exists()
+
+
+def test_nan_weights_are_never_checkpointed(tokenized):
+    import torch
+
+    from tasks.lib.training import check_weights
+
+    model = torch.nn.Linear(2, 2)
+    check_weights(model, 3)
+    with torch.no_grad():
+        model.weight[0, 0] = math.inf
+    with pytest.raises(Diverged, match="at step 3: the weight tensor 'weight' holds NaN or Inf"):
+        check_weights(model, 3)
+
+
+def _interrupted_pretraining(params) -> Path:
+    """A resume state as a killed pretraining leaves it (the run stopped after a checkpoint)."""
+    from tasks.lib import training
+    from tasks.pretrain import pretrain
+
+    class Killed(Exception):
+        pass
+
+    def stop_after_first(*args, **kwargs):
+        original(*args, **kwargs)
+        raise Killed
+
+    original = training.save_resume_state
+    training.save_resume_state = stop_after_first
+    try:
+        with pytest.raises(Killed):
+            pretrain(params)
+    finally:
+        training.save_resume_state = original
+    return Path("checkpoints/.pretrain-resume")
+
+
+@pytest.mark.parametrize("damage", ["tensor bytes", "safetensors header", "checkpoint.json"])
+def test_a_damaged_resume_state_is_set_aside_and_the_run_starts_fresh(tokenized, damage, capsys):
+    from tasks.pretrain import pretrain
+
+    _set_params(pretrain={"max_steps": 8, "checkpoint_every": 4})
+    params = load_params()
+    resume = _interrupted_pretraining(params)
+    assert (resume / CHECKSUMS).exists()
+    target = resume / ("checkpoint.json" if damage == "checkpoint.json" else "model.safetensors")
+    data = bytearray(target.read_bytes())
+    if damage == "tensor bytes":
+        data[-3] ^= 0xFF  # a flipped byte inside the last tensor: it still loads, as NaN or garbage
+    else:
+        data[10] = ord("{") if data[10] != ord("{") else ord("[")  # the JSON header is no longer valid
+    target.write_bytes(bytes(data))
+
+    pretrain(params)
+    said = capsys.readouterr().out
+    assert "is damaged" in said and "starting fresh" in said and "resuming" not in said
+    aside = [p for p in Path("checkpoints").iterdir() if "-damaged-" in p.name]
+    assert len(aside) == 1 and aside[0].name.endswith("-resume")
+    # Fresh from step 0: the same weights as a run that never saw the damaged state.
+    pretrain(params, out_dir=Path("uninterrupted"), resume_dir=Path("unused-resume"))
+    assert (
+        Path("uninterrupted/model.safetensors").read_bytes()
+        == Path("checkpoints/pretrained/model.safetensors").read_bytes()
+    )
+
+
+def test_an_intact_resume_state_still_resumes(tokenized, capsys):
+    from tasks.pretrain import pretrain
+
+    _set_params(pretrain={"max_steps": 8, "checkpoint_every": 4})
+    params = load_params()
+    _interrupted_pretraining(params)
+    pretrain(params)
+    assert "resuming from step 4" in capsys.readouterr().out
+    assert read_json("checkpoints/pretrained/checkpoint.json")["step"] == 8
+
+
+# --- 5. errors that fit on a screen ------------------------------------------------------------
+
+
+def test_a_stage_error_quoting_huge_input_is_cut_to_a_screen(capsys):
+    from tasks.lib.common import MESSAGE_LIMIT, StageError, run_stage
+
+    def main():
+        raise StageError("bad row: " + "x" * 50_000_000)
+
+    with pytest.raises(SystemExit):
+        run_stage(main)
+    said = capsys.readouterr().err
+    assert len(said) < MESSAGE_LIMIT + 100 and "characters cut" in said and said.startswith("error: bad row: xxx")
+
+
+# --- 6. bad input that used to get through ------------------------------------------------------
+
+
+def _ingest_from(source: str, **ingest):
+    from tasks.ingest import ingest as run_ingest
+
+    _set_params(ingest={"source": source, **ingest})
+    params = load_params()
+    return run_ingest(params.ingest, params.seed)
+
+
+def test_numbers_in_a_parquet_text_column_are_an_error_unless_cast(workdir):
+    from tasks.lib.common import StageError
+    from tests.conftest import tiny_frame
+
+    frame = tiny_frame()
+    frame["text"] = range(len(frame))
+    frame.to_parquet("numbers.parquet")
+    with pytest.raises(StageError, match=r"numbers.parquet: the text column 'text' holds int values .*cast_text"):
+        _ingest_from("numbers.parquet")
+    _ingest_from("numbers.parquet", cast_text=True)  # asked for: read as text
+
+
+def test_a_folder_source_names_the_file_that_lacks_the_label_column(workdir):
+    from tasks.lib.common import StageError
+    from tests.conftest import tiny_frame
+
+    Path("parts").mkdir()
+    frame = tiny_frame()
+    frame.iloc[:40].to_csv("parts/a.csv", index=False)
+    frame.iloc[40:].drop(columns="label").to_csv("parts/b.csv", index=False)
+    with pytest.raises(StageError, match=r"parts/b.csv: column\(s\) \['label'\] not found"):
+        _ingest_from("parts")
+
+
+def test_an_unset_variable_in_a_source_path_is_named_and_no_value_is_echoed(workdir, monkeypatch):
+    from tasks.lib.common import StageError
+
+    monkeypatch.setenv("SECRET_TOKEN", "hunter2")
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    with pytest.raises(StageError) as err:
+        _ingest_from("$SECRET_TOKEN/$NOT_SET_ANYWHERE/data.csv")
+    assert "$NOT_SET_ANYWHERE" in str(err.value) and "hunter2" not in str(err.value)
+    with pytest.raises(StageError) as err:
+        _ingest_from("$SECRET_TOKEN/data.csv")  # every variable set, the file missing
+    assert "hunter2" not in str(err.value) and "$SECRET_TOKEN/data.csv" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["../../evil", "a/b", "", ".hidden", "x" * 101])
+def test_registry_names_are_checked_with_the_params(workdir, name):
+    from tasks.lib.config import ParamsError
+
+    raw = yaml.safe_load(open("params.yaml"))
+    raw["register"]["model_name"] = name
+    Path("params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match="model_name"):
+        load_params()
+
+
+def test_profiles_come_only_from_the_profiles_folder(workdir):
+    from tasks.lib.common import StageError
+    from tasks.profile import apply_profile
+
+    Path("profiles").mkdir()
+    Path("profiles/ok.yaml").write_text("seed: 7\n")
+    Path("outside.yaml").write_text("seed: 8\n")
+    with pytest.raises(StageError, match="no profile '../outside'"):
+        apply_profile("../outside", Path("params.yaml"), Path("profiles"))
+    apply_profile("ok", Path("params.yaml"), Path("profiles"))
+    assert yaml.safe_load(open("params.yaml"))["seed"] == 7
+
+
+@pytest.mark.parametrize(
+    "body,says",
+    [
+        (b'{"inputs": ["\xff\xfe bad bytes"]}', "not valid UTF-8"),
+        (b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
+        (b'{"inputs": [' + b"9" * 5000 + b"]}", "cannot be read"),
+        (b'{"inputs": ["fine", ""]}', "item 1 is empty"),
+        (b'{"inputs": ["fine", "  \\n\\t "]}', "item 1 is empty"),
+        (b'{"inputs": ["fine", "\\ud800"]}', "item 1 cannot be encoded as UTF-8"),
+    ],
+)
+def test_request_bodies_that_used_to_be_500s_or_made_up_answers_are_400s(body, says):
+    from tasks.serve import RequestError, decode_body, parse_texts
+
+    with pytest.raises(RequestError, match=says) as err:
+        parse_texts(decode_body(body))
+    assert err.value.status == 400
+
+
+def test_the_registered_model_refuses_empty_texts_too():
+    from mlflow.exceptions import MlflowException
+
+    from models.requests import texts_of
+
+    with pytest.raises(MlflowException, match="item 0 is empty"):
+        texts_of([" "], 10)
+
+
+# --- 2 and 4. the registry is the truth; every artifact checksummed -----------------------------
+
+
+def _no_traceback(done) -> str:
+    said = done.stdout + done.stderr
+    assert "Traceback" not in said, said[-3000:]
+    return said
+
+
+@pytest.mark.slow
+def test_an_incomplete_version_is_refused_then_marked_unusable_by_the_next_registration(registry, project):
+    from tasks.lib.tracking import stage_run
+    from tasks.register import register
+
+    v3 = project["v3"]
+    registry.delete_model_version_tag(NAME, v3, REGISTRATION_TAG)  # as a registration killed before its last tag
+    try:
+        done = _promote("--version", v3)
+        assert done.returncode == 1 and f"version {v3} of '{NAME}' is incomplete" in _no_traceback(done)
+        assert alias_version(registry, NAME, CHAMPION) is None
+        with stage_run("register"):
+            new = register(load_params())["version"]
+        assert registry.get_model_version(NAME, v3).tags[REGISTRATION_TAG].startswith("unusable")
+        assert registry.get_model_version(NAME, new).tags[REGISTRATION_TAG] == "complete"
+        done = _promote("--version", v3)
+        assert done.returncode == 1 and "interrupted" in _no_traceback(done)
+    finally:
+        registry.set_model_version_tag(NAME, v3, REGISTRATION_TAG, "complete")
+
+
+@pytest.mark.slow
+def test_unknown_versions_and_a_missing_challenger_get_one_line(registry, project):
+    done = _promote("--version", "999")
+    assert done.returncode == 1 and f"model '{NAME}' has no version 999" in _no_traceback(done)
+    challenger = alias_version(registry, NAME, "challenger")
+    registry.delete_registered_model_alias(NAME, "challenger")
+    try:
+        done = _promote()
+        said = _no_traceback(done)
+        assert done.returncode == 1 and "has no @challenger version" in said
+        # Prefect's own INFO lines (server start, flow run start and end) and the one error line.
+        assert len(done.stderr.strip().splitlines()) <= 8 and "error: model" in done.stderr, done.stderr
+    finally:
+        registry.set_registered_model_alias(NAME, "challenger", challenger)
+    shown = subprocess.run([sys.executable, "-m", "tasks.registry", "lineage", "999"], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert shown.returncode == 1 and "has no version 999" in _no_traceback(shown)
+
+
+@pytest.mark.slow
+def test_rollback_onto_a_version_that_does_not_load_leaves_the_champion(registry, project):
+    _promote_ok(project["v2"])
+    _promote_ok(project["v1"])
+    stored = _stored_artifact(registry.get_model_version(NAME, project["v2"]), "model.safetensors")
+    original = stored.read_bytes()
+    stored.unlink()
+    try:
+        done = _promote("--rollback")
+        said = _no_traceback(done)
+        assert done.returncode == 1 and f"cannot roll back to version {project['v2']}" in said
+        assert alias_version(registry, NAME, CHAMPION) == project["v1"]
+    finally:
+        stored.write_bytes(original)
+
+
+@pytest.mark.slow
+def test_a_tampered_tokenizer_is_refused_at_load(registry, project):
+    import mlflow
+
+    stored = _stored_artifact(registry.get_model_version(NAME, project["v3"]), "tokenizer.json")
+    original = stored.read_text()
+    stored.write_text(original.replace('"lowercase":false', '"lowercase":true').replace("[UNK]", "[UNKNOWN]", 1))
+    try:
+        with pytest.raises(Exception, match="tokenizer do not match the checksum"):
+            mlflow.pyfunc.load_model(f"models:/{NAME}/{project['v3']}")
+        done = _promote("--version", project["v3"])
+        assert done.returncode == 1 and "cannot be loaded" in _no_traceback(done)
+    finally:
+        stored.write_text(original)
+
+
+@pytest.mark.slow
+def test_register_counts_as_done_only_when_the_registry_holds_these_weights(registry, project, tmp_path, monkeypatch):
+    from tasks.register import registry_holds
+
+    record = {"name": NAME, "version": project["v3"]}  # the last registration: v3's weights are the workspace's
+    Path("reports/registered.json").write_text(json.dumps(record))
+    assert registry_holds(NAME)
+    Path("reports/registered.json").write_text(json.dumps({**record, "version": project["v1"]}))
+    assert not registry_holds(NAME)  # another version's weights
+    Path("reports/registered.json").write_text(json.dumps(record))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'lost.db'}")  # mlflow.db deleted
+    assert not registry_holds(NAME)
+
+
+# --- 3. a killed flow leaves no orphans ------------------------------------------------------
+
+
+def _wait_for(predicate, timeout_s: float = 60.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def test_the_reaper_stops_what_a_killed_flow_left_running(tmp_path):
+    """A stand-in flow starts a child that starts a grandchild (as DVC starts a stage that
+    starts pool workers); SIGKILL the flow and both go too."""
+    import signal
+
+    from flows.reaper import start_time
+
+    pids = tmp_path / "pids"
+    flow = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import subprocess, time; "
+        'g = subprocess.Popen(["sleep", "300"]); print(g.pid, flush=True); time.sleep(300)\'],'
+        " stdout=open(sys.argv[1], 'w'))\n"
+        "from flows.runtime import reap_on_exit\n"
+        "reap_on_exit()\n"
+        "time.sleep(300)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", flow, str(pids)], env=env, start_new_session=True)
+    assert _wait_for(lambda: pids.exists() and pids.read_text().strip())
+    grandchild = int(pids.read_text())
+    listed = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    assert _wait_for(lambda: len(listed.read_text().split()) >= 2)  # the stage stand-in and the reaper
+    children = [int(p) for p in listed.read_text().split()]
+    started = {pid: start_time(pid) for pid in [grandchild, *children]}
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _wait_for(lambda: all(start_time(pid) != s for pid, s in started.items()), 30), "orphans left running"
+
+
+def test_runs_a_dead_flow_left_running_are_marked_failed(workdir):
+    import mlflow
+
+    from tasks.lib.tracking import OWNER_HOST, OWNER_PID, configure, fail_abandoned_runs, owner_tags
+
+    configure()
+    client = mlflow.MlflowClient()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = dead.stdout.strip()
+    parent = client.create_run(mlflow.get_experiment_by_name("text-classifier-pipeline").experiment_id,
+                               tags={**owner_tags(), OWNER_PID: dead_pid}, run_name="pipeline")  # fmt: skip
+    child = client.create_run(parent.info.experiment_id, tags={"mlflow.parentRunId": parent.info.run_id})
+    alive = client.create_run(parent.info.experiment_id, tags=owner_tags())  # this process: still running
+    assert set(fail_abandoned_runs(client)) == {parent.info.run_id, child.info.run_id}
+    assert client.get_run(parent.info.run_id).info.status == "FAILED"
+    assert client.get_run(child.info.run_id).info.status == "FAILED"
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+    assert client.get_run(parent.info.run_id).data.tags[OWNER_HOST]
+
+
+# --- 6. serving: a connection that stops sending is closed -----------------------------------
+
+
+def test_a_half_sent_request_is_timed_out_and_the_server_keeps_answering():
+    import asyncio
+    import socket
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from tasks.serve import read_timeout_protocol
+
+    app = FastAPI()
+
+    @app.post("/invocations")
+    async def invoke(request: Request):
+        return {"bytes": len(await request.body())}
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    async def scenario():
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, http=read_timeout_protocol(0.5), log_level="error")
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.05)
+        outcomes = {}
+        for name, sent in {"half a header": b"POST /invocations HTTP/1.1\r\nHost: x\r\n",
+                           "half a body": b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"in"}.items():  # fmt: skip
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(sent)
+            await writer.drain()
+            outcomes[name] = await asyncio.wait_for(reader.read(), timeout=10)  # b"": closed by the server
+            writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        outcomes["whole"] = await asyncio.wait_for(reader.read(), timeout=10)
+        server.should_exit = True
+        await serving
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert outcomes["half a header"] == b"" and outcomes["half a body"] == b""
+    assert outcomes["whole"].startswith(b"HTTP/1.1 200") and b'{"bytes":2}' in outcomes["whole"]
