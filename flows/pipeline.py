@@ -63,7 +63,6 @@ def dvc_stage(stage: str, root: str, parent_run_id: str, force: bool = False):
     """
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
-    from dvc.stage.exceptions import StageCmdFailedError
 
     env = stage_env(parent_run_id)
     start = time.perf_counter()
@@ -71,18 +70,33 @@ def dvc_stage(stage: str, root: str, parent_run_id: str, force: bool = False):
         with Repo(root) as repo:  # the target names its dvc.yaml: no change of working folder
             ran = repo.reproduce(f"{Path(root) / 'dvc.yaml'}:{stage}", single_item=True, force=force, run_env=env)
     except DvcException as err:
-        causes = [err, *_causes(err)]
-        why = ": ".join(dict.fromkeys(" ".join(str(e).split()) for e in causes if str(e)))
-        if any(isinstance(e, StageCmdFailedError) for e in causes):
-            why += f" (its error is printed above: python -m tasks.{stage})"
-        return Failed(message=f"stage '{stage}' failed: {excerpt(why)}")
+        return Failed(message=failure_message(stage, err))
     return {"stage": stage, "ran": bool(ran), "seconds": round(time.perf_counter() - start, 1)}
 
 
+def failure_message(stage: str, err: BaseException) -> str:
+    """DVC's whole chain of messages, cut to a screen. "Its error is printed above" is said only
+    when the stage's own command failed and nothing else did: DVC's lock error (another `dvc`
+    in this workspace) replaces the command's failure in the chain and is the real cause."""
+    from dvc.lock import LockError
+    from dvc.stage.exceptions import StageCmdFailedError
+
+    chain = [err, *_causes(err)]
+    why = ": ".join(dict.fromkeys(" ".join(str(e).split()) for e in chain if str(e)))
+    if any(isinstance(e, LockError) for e in chain):
+        why += " (another DVC command is using this workspace, e.g. `dvc repro` in another shell: let it finish, then run again)"
+    elif any(isinstance(e, StageCmdFailedError) for e in chain):
+        why += f" (its error is printed above: python -m tasks.{stage})"
+    return f"stage '{stage}' failed: {excerpt(why)}"
+
+
 def _causes(err: BaseException) -> list[BaseException]:
-    out = []
-    while err.__cause__ is not None and len(out) < 5:
-        err = err.__cause__
+    """The exceptions behind `err`: raised from it, or being handled when it was raised."""
+    out: list[BaseException] = []
+    while len(out) < 8:
+        err = err.__cause__ or err.__context__
+        if err is None or err in out:
+            break
         out.append(err)
     return out
 

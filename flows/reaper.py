@@ -6,7 +6,7 @@ A flow starts stage processes (through DVC, some with pool workers or torchrun r
 Prefect's ephemeral API server. `kill -9` of the flow leaves them all running: re-parented,
 a pretraining goes on training after the workspace lock is released and the server keeps
 its port. This watchdog, in a session of its own so a signal to the flow's group spares it,
-records the flow's descendants twice a second; once the flow is gone it terminates those
+records the flow's descendants every second; once the flow is gone it terminates those
 still running (SIGTERM, then SIGKILL after a grace period) and exits.
 """
 
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-POLL_S = 0.5
+POLL_S = 1.0
 GRACE_S = 5.0
 
 
@@ -80,14 +80,14 @@ def watch(flow_pid: int) -> None:
     seen: dict[int, str | None] = {}
     me = os.getpid()
     while alive(flow_pid, flow_started):
-        for pid in descendants(flow_pid, children_map()) - {me}:
-            seen.setdefault(pid, start_time(pid))
+        for pid in descendants(flow_pid, children_map()) - {me} - seen.keys():
+            seen[pid] = start_time(pid)
         time.sleep(POLL_S)
     # Re-parented children of the dead flow, and whatever they started since.
     tree = children_map()
     for pid in list(seen):
-        for child in descendants(pid, tree) - {me}:
-            seen.setdefault(child, start_time(child))
+        for child in descendants(pid, tree) - {me} - seen.keys():
+            seen[child] = start_time(child)
     left = {p: s for p, s in seen.items() if alive(p, s)}
     if left:
         print(f"reaper: the flow (pid {flow_pid}) is gone; stopping the {len(left)} process(es) it left running",

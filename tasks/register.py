@@ -16,7 +16,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from models.checksum import file_sha256
+from models.checksum import code_sha256, file_sha256
 from tasks.lib import catalog
 from tasks.lib.common import StageError, read_json, run_stage, write_json_atomic
 from tasks.lib.config import Params, load_params
@@ -112,6 +112,8 @@ def _register(params: Params, weights: Path) -> dict:
                 python_model=str(PYFUNC_FILE),
                 artifacts=artifacts,
                 code_paths=[str(MODELS_PACKAGE)],
+                # Checked at load (pyfunc_model.py): the config (labels included) and the shipped code.
+                model_config={"config_sha256": file_sha256(config_file), "code_sha256": code_sha256(MODELS_PACKAGE)},
                 signature=infer_signature(example, output_example),
                 input_example=example,
                 pip_requirements=pip_requirements(),

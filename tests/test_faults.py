@@ -317,14 +317,24 @@ def test_rollback_onto_a_version_that_does_not_load_leaves_the_champion(registry
 
 
 @pytest.mark.slow
-def test_a_tampered_tokenizer_is_refused_at_load(registry, project):
+@pytest.mark.parametrize(
+    "artifact,edit,says",
+    [
+        ("tokenizer.json", lambda t: t.replace("[UNK]", "[UNKNOWN]", 1), "tokenizer do not match the checksum"),
+        ("config.json", lambda t: t.replace('"negative"', '"NEGATIVE"'), "config (labels, network) does not match"),
+        ("transformer.py", lambda t: t + "\n# edited\n", "code does not match the checksum"),
+    ],
+)
+def test_a_tampered_artifact_is_refused_at_load(registry, project, artifact, edit, says):
+    """Every artifact of a version is checksummed: an edited tokenizer, label map or shipped
+    code file is refused when the version loads, so it is never promoted or served."""
     import mlflow
 
-    stored = _stored_artifact(registry.get_model_version(NAME, project["v3"]), "tokenizer.json")
+    stored = _stored_artifact(registry.get_model_version(NAME, project["v3"]), artifact)
     original = stored.read_text()
-    stored.write_text(original.replace('"lowercase":false', '"lowercase":true').replace("[UNK]", "[UNKNOWN]", 1))
+    stored.write_text(edit(original))
     try:
-        with pytest.raises(Exception, match="tokenizer do not match the checksum"):
+        with pytest.raises(Exception, match=says):
             mlflow.pyfunc.load_model(f"models:/{NAME}/{project['v3']}")
         done = _promote("--version", project["v3"])
         assert done.returncode == 1 and "cannot be loaded" in _no_traceback(done)
@@ -456,3 +466,118 @@ def test_a_half_sent_request_is_timed_out_and_the_server_keeps_answering():
     outcomes = asyncio.run(scenario())
     assert outcomes["half a header"] == b"" and outcomes["half a body"] == b""
     assert outcomes["whole"].startswith(b"HTTP/1.1 200") and b'{"bytes":2}' in outcomes["whole"]
+
+
+# --- 1, 2 and 3 through the real pipeline: the flow, DVC and the registry --------------------
+
+
+@pytest.fixture(scope="module")
+def flow_project(tmp_path_factory):
+    """A tiny project (its own git repository) after one real flow run: version 1 registered."""
+    from .conftest import make_project, run_ok, tiny_params, tiny_frame
+
+    proj = tmp_path_factory.mktemp("faults")
+    env = make_project(proj, tiny_params())
+    tiny_frame().to_csv(proj / "tiny.csv", index=False)
+    run_ok([sys.executable, "-m", "flows.pipeline"], proj, env)
+    return proj, env
+
+
+def _copy_of(flow_project, tmp_path) -> tuple[Path, dict]:
+    """The built project copied, so a test may break it without touching the others."""
+    import shutil
+
+    proj, env = flow_project
+    copy = tmp_path / "proj"
+    shutil.copytree(proj, copy, symlinks=True)
+    return copy, {**env, "PREFECT_HOME": str(copy / ".prefect"), "PYTHONPATH": str(copy)}
+
+
+def _registry_of(proj: Path):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlflow.db'}")
+
+
+@pytest.mark.slow
+def test_diverged_finetuning_fails_dvc_repro_and_registers_nothing(flow_project, tmp_path):
+    proj, env = _copy_of(flow_project, tmp_path)
+    raw = yaml.safe_load((proj / "params.yaml").read_text())
+    raw["finetune"]["lr"] = 10000.0
+    (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    before = (proj / "checkpoints/finetuned/model.safetensors").read_bytes()
+    done = subprocess.run(["dvc", "repro"], cwd=proj, env=env, capture_output=True, text=True, timeout=600)
+    said = done.stdout + done.stderr
+    assert done.returncode != 0 and "error: training diverged at step" in said, said[-3000:]
+    assert "Traceback" not in said
+    assert (proj / "checkpoints/finetuned/model.safetensors").read_bytes() == before
+    versions = _registry_of(proj).search_model_versions("name = 'text-classifier'")
+    assert [v.version for v in versions] == ["1"]
+
+
+@pytest.mark.slow
+def test_a_lost_registry_is_registered_again_by_the_next_run(flow_project, tmp_path):
+    from .conftest import run_ok
+
+    proj, env = _copy_of(flow_project, tmp_path)
+    (proj / "mlflow.db").unlink()
+    out = run_ok([sys.executable, "-m", "flows.pipeline"], proj, env).stdout
+    [version] = _registry_of(proj).search_model_versions("name = 'text-classifier'")
+    assert version.tags[REGISTRATION_TAG] == "complete" and "registered     text-classifier version 1" in out
+    from models.checksum import file_sha256
+
+    assert version.tags["weights_sha256"] == file_sha256(proj / "checkpoints/finetuned/model.safetensors")
+
+
+@pytest.mark.slow
+def test_a_killed_flow_leaves_no_stage_process_or_server_running(flow_project, tmp_path):
+    import signal
+
+    proj, env = _copy_of(flow_project, tmp_path)
+    raw = yaml.safe_load((proj / "params.yaml").read_text())
+    raw["pretrain"].update(max_steps=100_000, checkpoint_every=50)  # long enough to be killed in the middle
+    (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    flow = subprocess.Popen([sys.executable, "-m", "flows.pipeline"], cwd=proj, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def in_project() -> set[int]:
+        pids = set()
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and int(entry.name) != flow.pid and Path(entry, "cwd").resolve() == proj:
+                    pids.add(int(entry.name))
+            except OSError:
+                continue
+        return pids
+
+    def training() -> bool:
+        return any("tasks.pretrain" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+                   for p in in_project() if Path(f"/proc/{p}/cmdline").exists())  # fmt: skip
+
+    assert _wait_for(training, 300), "pretraining never started"
+    assert _wait_for(lambda: (proj / "checkpoints/.pretrain-resume/checkpoint.json").exists(), 120)
+    os.kill(flow.pid, signal.SIGKILL)
+    flow.wait()
+    assert _wait_for(lambda: not in_project(), 60), f"left running: {in_project()}"
+
+
+@pytest.mark.slow
+def test_a_flow_meeting_another_dvc_in_the_workspace_says_so(flow_project, tmp_path):
+    """Another DVC command holds the workspace (as `dvc repro` in a second shell does): the
+    flow's failure carries DVC's lock error and what to do, not "its error is printed above"."""
+    proj, env = _copy_of(flow_project, tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "from dvc.repo import Repo; r = Repo('.'); r.lock.lock(); print('locked', flush=True); "
+         "import time; time.sleep(600)"],
+        cwd=proj, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        done = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=proj, env=env, capture_output=True,
+                              text=True, timeout=600)  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 1
+    [error] = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert "Unable to acquire lock" in error and "another DVC command is using this workspace" in error, error
+    assert "printed above" not in error

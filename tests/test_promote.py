@@ -309,6 +309,8 @@ def test_mlflow_models_serve_answers_with_labels_and_probabilities(registry, pro
            "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
     with _server(cmd, port, tmp_path / "mlflow-serve.log") as url:
         status, out = _post(url, json.dumps({"inputs": ["what a great flight", "lost my bag again"]}).encode())
+        empty = _post(url, json.dumps({"inputs": ["what a great flight", " "]}).encode())
+    assert 400 <= empty[0] < 500 and "item 1 is empty" in json.dumps(empty[1]), empty  # the model's own rule
     assert status == 200, out
     rows = out["predictions"]
     assert [set(r) for r in rows] == [{"label", "proba_negative", "proba_positive"}] * 2
@@ -329,11 +331,16 @@ def test_the_guarded_server_refuses_malformed_requests_cleanly(registry, project
         "not JSON": "{inputs: [",
         "oversized": json.dumps({"inputs": ["word " * 50] * 100}),
         "too many texts": json.dumps({"inputs": ["hi"] * 1001}),
+        "invalid UTF-8": b'{"inputs": ["\xff\xfe"]}',
+        "nested 5,000 deep": '{"inputs": ' + "[" * 5000 + "]" * 5000 + "}",
+        "5,000-digit number": '{"inputs": [' + "9" * 5000 + "]}",
+        "empty text": json.dumps({"inputs": ["fine", ""]}),
+        "whitespace text": json.dumps({"inputs": [" \n "]}),
     }
     with _server(cmd, port, tmp_path / "serve.log") as url:
         status, out = _post(url, json.dumps({"dataframe_records": [{"text": "what a great flight"}]}).encode())
         assert status == 200 and out["predictions"][0]["label"] in ("negative", "positive")
-        answers = {name: _post(url, body.encode()) for name, body in bad.items()}
+        answers = {name: _post(url, body if isinstance(body, bytes) else body.encode()) for name, body in bad.items()}
         answers["wrong content type"] = _post(url, b"text\nhi\n", "text/csv")
         status, out = _post(url, json.dumps({"inputs": ["still alive?"]}).encode())
         assert status == 200  # no bad request took the server down
@@ -344,4 +351,6 @@ def test_the_guarded_server_refuses_malformed_requests_cleanly(registry, project
         assert str(ROOT) not in text and "site-packages" not in text, (name, out)
     assert answers["oversized"][0] == answers["too many texts"][0] == 413
     assert "item 1 is null" in answers["null"][1]["message"]
+    assert "item 1 is empty" in answers["empty text"][1]["message"]
+    assert answers["nested 5,000 deep"][0] == answers["invalid UTF-8"][0] == 400
     assert "only input column is 'text'" in answers["wrong column"][1]["message"]

@@ -18,7 +18,7 @@ from safetensors.torch import load_model
 from tokenizers import Tokenizer
 
 from models.build import build_classifier
-from models.checksum import file_sha256
+from models.checksum import code_sha256, file_sha256
 from models.inference import encode, predict_proba
 from models.requests import texts_of
 
@@ -32,6 +32,7 @@ class TextClassifier(PythonModel):
         for name in ("config", "tokenizer", "weights"):
             if name not in context.artifacts or not Path(context.artifacts[name]).is_file():
                 raise ModelLoadError(f"the model's '{name}' artifact is missing")
+        self._verify_config_and_code(context)
         try:
             meta = json.loads(Path(context.artifacts["config"]).read_text())
         except ValueError as err:
@@ -48,6 +49,18 @@ class TextClassifier(PythonModel):
         self.model = build_classifier(meta["model_config"], len(self.labels))
         load_model(self.model, context.artifacts["weights"])
         self.model.eval()
+
+    @staticmethod
+    def _verify_config_and_code(context) -> None:
+        """The config (labels, network) and the code folder shipped with the model must be the
+        ones registered; their digests are in the model's MLmodel file (its model_config)."""
+        expected = context.model_config or {}
+        config = Path(context.artifacts["config"])
+        if expected.get("config_sha256") and file_sha256(config) != expected["config_sha256"]:
+            raise ModelLoadError("the model's config (labels, network) does not match the checksum recorded at registration")
+        code = config.parents[1] / "code" / "models"  # <model>/artifacts/config.json -> <model>/code/models
+        if expected.get("code_sha256") and (not code.is_dir() or code_sha256(code) != expected["code_sha256"]):
+            raise ModelLoadError("the model's code does not match the checksum recorded at registration")
 
     # The DataFrame hint tells MLflow to keep the explicit signature rather than infer one;
     # lists, arrays and Series are accepted too (see models.requests).
