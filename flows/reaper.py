@@ -1,6 +1,6 @@
 """The processes a flow started die with it, however it ends.
 
-    python -m flows.reaper PID        # started by flows.runtime.reap_on_exit(), not by hand
+    python -m flows.reaper PID START  # started by flows.runtime.reap_on_exit(), not by hand
 
 A flow starts stage processes (through DVC, some with pool workers or torchrun ranks) and
 Prefect's ephemeral API server. `kill -9` of the flow leaves them all running: re-parented,
@@ -47,16 +47,24 @@ def descendants(pid: int, tree: dict[int, list[int]]) -> set[int]:
     return found
 
 
-def start_time(pid: int) -> str | None:
-    """A process's start time (clock ticks since boot): tells a pid apart from a later reuse."""
+def _stat(pid: int) -> list[str] | None:
     try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[19]
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
 
 
+def start_time(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot): tells a pid apart from a later reuse."""
+    fields = _stat(pid)
+    return fields[19] if fields else None
+
+
 def alive(pid: int, started: str | None) -> bool:
-    return started is not None and start_time(pid) == started
+    """Running as the process that started at `started`. A zombie is dead: its parent may be
+    waiting for the pipes this watchdog shares before it reaps the exit."""
+    fields = _stat(pid)
+    return started is not None and fields is not None and fields[19] == started and fields[0] not in "ZX"
 
 
 def terminate(pids: dict[int, str | None]) -> None:
@@ -75,13 +83,17 @@ def terminate(pids: dict[int, str | None]) -> None:
             return
 
 
-def watch(flow_pid: int) -> None:
-    flow_started = start_time(flow_pid)
+def watch(flow_pid: int, flow_started: str) -> None:
     seen: dict[int, str | None] = {}
     me = os.getpid()
+    ready = False
     while alive(flow_pid, flow_started):
         for pid in descendants(flow_pid, children_map()) - {me} - seen.keys():
             seen[pid] = start_time(pid)
+        if not ready:  # the flow waits for this line: what it started so far is on record
+            print("ready", flush=True)
+            sys.stdout.close()
+            ready = True
         time.sleep(POLL_S)
     # Re-parented children of the dead flow, and whatever they started since.
     tree = children_map()
@@ -96,4 +108,4 @@ def watch(flow_pid: int) -> None:
 
 
 if __name__ == "__main__":
-    watch(int(sys.argv[1]))
+    watch(int(sys.argv[1]), sys.argv[2])

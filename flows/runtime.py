@@ -30,17 +30,23 @@ def offline_defaults() -> Iterator[None]:
 
 
 def reap_on_exit() -> None:
-    """Start the watchdog that stops this flow's processes when it dies (flows/reaper.py)."""
+    """Start the watchdog that stops this flow's processes when it dies (flows/reaper.py), and
+    wait until it watches: a flow killed before then would leave its children unseen."""
     import subprocess
     import sys
 
-    subprocess.Popen(
-        [sys.executable, "-m", "flows.reaper", str(os.getpid())],
+    from flows.reaper import start_time
+
+    watchdog = subprocess.Popen(
+        [sys.executable, "-m", "flows.reaper", str(os.getpid()), str(start_time(os.getpid()))],
         start_new_session=True,  # a Ctrl-C or kill of the flow's process group spares it
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_root(), os.environ.get("PYTHONPATH")]))},
     )
+    watchdog.stdout.readline()  # "ready" (or end of file, should it fail to start)
+    watchdog.stdout.close()
 
 
 def _root() -> str:

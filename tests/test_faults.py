@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -334,10 +335,11 @@ def test_a_tampered_artifact_is_refused_at_load(registry, project, artifact, edi
     original = stored.read_text()
     stored.write_text(edit(original))
     try:
-        with pytest.raises(Exception, match=says):
+        with pytest.raises(Exception, match=re.escape(says)):
             mlflow.pyfunc.load_model(f"models:/{NAME}/{project['v3']}")
-        done = _promote("--version", project["v3"])
-        assert done.returncode == 1 and "cannot be loaded" in _no_traceback(done)
+        if artifact == "tokenizer.json":  # promotion loads the same way: one case shows it refuses
+            done = _promote("--version", project["v3"])
+            assert done.returncode == 1 and "cannot be loaded" in _no_traceback(done)
     finally:
         stored.write_text(original)
 
@@ -385,10 +387,13 @@ def test_the_reaper_stops_what_a_killed_flow_left_running(tmp_path):
         " stdout=open(sys.argv[1], 'w'))\n"
         "from flows.runtime import reap_on_exit\n"
         "reap_on_exit()\n"
+        "print('watched', flush=True)\n"
         "time.sleep(300)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", flow, str(pids)], env=env, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", flow, str(pids)], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline().strip() == "watched"
     assert _wait_for(lambda: pids.exists() and pids.read_text().strip())
     grandchild = int(pids.read_text())
     listed = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
@@ -474,7 +479,7 @@ def test_a_half_sent_request_is_timed_out_and_the_server_keeps_answering():
 @pytest.fixture(scope="module")
 def flow_project(tmp_path_factory):
     """A tiny project (its own git repository) after one real flow run: version 1 registered."""
-    from .conftest import make_project, run_ok, tiny_params, tiny_frame
+    from .conftest import make_project, run_ok, tiny_frame, tiny_params
 
     proj = tmp_path_factory.mktemp("faults")
     env = make_project(proj, tiny_params())
@@ -512,7 +517,7 @@ def test_diverged_finetuning_fails_dvc_repro_and_registers_nothing(flow_project,
     assert "Traceback" not in said
     assert (proj / "checkpoints/finetuned/model.safetensors").read_bytes() == before
     versions = _registry_of(proj).search_model_versions("name = 'text-classifier'")
-    assert [v.version for v in versions] == ["1"]
+    assert [str(v.version) for v in versions] == ["1"]
 
 
 @pytest.mark.slow
@@ -581,3 +586,13 @@ def test_a_flow_meeting_another_dvc_in_the_workspace_says_so(flow_project, tmp_p
     [error] = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert "Unable to acquire lock" in error and "another DVC command is using this workspace" in error, error
     assert "printed above" not in error
+
+
+def test_the_reaper_lets_go_of_a_flow_that_exited_normally():
+    """Run with captured output, as tests and schedulers run the flow: the reaper shares the
+    stderr pipe, and must end when the flow exits (a zombie counts as gone), or the caller,
+    waiting for the pipe to close before it reaps the flow, would wait forever."""
+    code = "from flows.runtime import reap_on_exit; reap_on_exit(); print('done')"
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "done"
