@@ -26,14 +26,8 @@ def children_map() -> dict[int, list[int]]:
     """Parent pid -> child pids, from /proc (Linux)."""
     tree: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            # comm may hold spaces and parentheses: the fields after the last ')' are fixed.
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        tree.setdefault(int(fields[1]), []).append(int(entry.name))
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
+            tree.setdefault(int(fields[1]), []).append(int(entry.name))
     return tree
 
 
@@ -48,7 +42,9 @@ def descendants(pid: int, tree: dict[int, list[int]]) -> set[int]:
 
 
 def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None."""
     try:
+        # comm may hold spaces and parentheses: the fields after the last ')' are fixed.
         return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None

@@ -82,6 +82,7 @@ def _register(params: Params, weights: Path) -> dict:
     from mlflow.models import infer_signature
 
     meta = read_json(catalog.FINETUNED / catalog.META)
+    weights_sha256 = file_sha256(weights)  # in the config (checked at load) and a tag (checked by the flow)
     example = list(EXAMPLE)
     output_example = pd.DataFrame(
         {"label": [meta["labels"][0]] * 2, **{f"proba_{c}": [0.5, 0.5] for c in meta["labels"]}}
@@ -95,7 +96,7 @@ def _register(params: Params, weights: Path) -> dict:
             {
                 "labels": meta["labels"],
                 "model_config": meta["model_config"],
-                "weights_sha256": file_sha256(weights),
+                "weights_sha256": weights_sha256,
                 "tokenizer_sha256": file_sha256(catalog.TOKENIZER_FILE),
                 "max_texts_per_request": cfg.max_texts_per_request,
             },
@@ -137,7 +138,7 @@ def _register(params: Params, weights: Path) -> dict:
         "base_model": base_model_tag(meta.get("base_model")),
         # the label budget: how many labelled training rows fine-tuning (and the baseline) saw
         "labelled_rows": str(metrics["labelled_rows"]),
-        "weights_sha256": file_sha256(weights),
+        "weights_sha256": weights_sha256,
     }
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)

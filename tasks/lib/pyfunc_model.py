@@ -68,7 +68,7 @@ class TextClassifier(PythonModel):
         texts = texts_of(model_input, self.max_texts)
         proba = predict_proba(self.model, encode(self.tokenizer, texts))
         if not np.isfinite(proba).all():  # NaN is not JSON: never answer with it
-            raise ModelLoadError("the model's outputs are not finite numbers: its weights are broken")
+            raise RuntimeError("the model's outputs are not finite numbers: its weights are broken")
         out = pd.DataFrame({"label": [self.labels[i] for i in proba.argmax(1)]})
         for i, name in enumerate(self.labels):
             out[f"proba_{name}"] = proba[:, i].astype(np.float64)

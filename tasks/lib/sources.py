@@ -124,9 +124,8 @@ def _read_local(spec: ReadSpec) -> pd.DataFrame:
         )
     if path.is_file():
         return _text_label(_read_file(path, spec), spec, spec.path)
-    else:
-        wanted = set(SUFFIX_FORMATS) if spec.format == "auto" else None
-        files = sorted(p for p in path.rglob("*") if p.is_file() and (wanted is None or p.suffix.lower() in wanted))
+    wanted = set(SUFFIX_FORMATS) if spec.format == "auto" else None
+    files = sorted(p for p in path.rglob("*") if p.is_file() and (wanted is None or p.suffix.lower() in wanted))
     if not files:
         raise StageError(f"{path}: no {'/'.join(SUFFIX_FORMATS)} files inside")
     # Each file is held to the layout on its own, so an error names the file that broke it.
@@ -178,13 +177,12 @@ def _text_label(df: pd.DataFrame, spec: ReadSpec, origin: str) -> pd.DataFrame:
 def _require_strings(column: pd.Series, origin: str) -> None:
     """Texts must be strings: numbers in a Parquet or JSON text column would otherwise become
     texts such as '791907919' and be trained on (`ingest.cast_text: true` allows it)."""
-    kinds = column.map(lambda v: type(v).__name__)
-    bad = kinds[~column.map(_text_or_missing)]
+    bad = column[~column.map(_text_or_missing)]
     if len(bad):
-        row = bad.index[0]
+        first = bad.tolist()[0]  # a Python value: its type name and repr read as the source's
         raise StageError(
-            f"{origin}: the text column '{column.name}' holds {bad.iloc[0]} values ({len(bad):,} rows, the first "
-            f"at row {row}: {excerpt(repr(column[row]), 40)}), not strings; fix the source, or set "
+            f"{origin}: the text column '{column.name}' holds {type(first).__name__} values ({len(bad):,} rows, the "
+            f"first at row {bad.index[0]}: {excerpt(repr(first), 40)}), not strings; fix the source, or set "
             "ingest.cast_text: true to read them as text"
         )
 

@@ -122,10 +122,9 @@ def usable_resume(directory: Path, fingerprint: str, say=print) -> dict | None:
     directory = Path(directory)
     if not directory.is_dir():
         return None
-    meta_ok = resume_meta(directory, fingerprint)
     damage = resume_damage(directory)
     if damage is None:
-        return meta_ok
+        return resume_meta(directory, fingerprint)
     aside = directory.with_name(f"{directory.name.removesuffix('-resume')}-damaged-{time.strftime('%Y%m%dT%H%M%S')}-resume")
     directory.rename(aside)
     say(f"warning: the saved resume state {directory} is damaged ({damage}); moved to {aside}, starting fresh")
@@ -311,7 +310,6 @@ def check_weights(model: nn.Module, step: int | str) -> None:
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise Diverged(step, f"weight tensor '{name}'")
-
 
 
 def result_knobs(section, *exclude: str) -> dict:
