@@ -137,6 +137,22 @@ def test_an_intact_resume_state_still_resumes(tokenized, capsys):
     assert read_json("checkpoints/pretrained/checkpoint.json")["step"] == 8
 
 
+def test_a_kill_between_the_renames_of_a_checkpoint_keeps_the_previous_state(tokenized, capsys):
+    """`atomic_dir` moves the old state aside, then moves the new one in: a kill between the
+    two leaves only `.pretrain-resume.old-<pid>`; the next run puts it back and resumes."""
+    from tasks.pretrain import pretrain
+
+    _set_params(pretrain={"max_steps": 8, "checkpoint_every": 4})
+    params = load_params()
+    resume = _interrupted_pretraining(params)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    resume.rename(resume.with_name(f".{resume.name}.old-{dead.pid}"))
+    pretrain(params)
+    assert "resuming from step 4" in capsys.readouterr().out
+    assert read_json("checkpoints/pretrained/checkpoint.json")["step"] == 8
+
+
 # --- 5. errors that fit on a screen ------------------------------------------------------------
 
 

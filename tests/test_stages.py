@@ -10,7 +10,7 @@ import pytest
 
 from tasks.evaluate import classification_metrics, evaluate, expected_calibration_error
 from tasks.finetune import finetune, load_classifier
-from tasks.lib.common import read_json
+from tasks.lib.common import clear_dead_runs, read_json
 from tasks.lib.config import load_params, parse_params
 from tasks.lib.tracking import stage_run
 from tasks.pretrain import pack, pretrain
@@ -122,6 +122,15 @@ def test_urls_collapse_to_one_word(workdir):
     assert len(keep.encode("see https://t.co/y4YOxaqI now").ids) > len(a)
 
 
+def _progress(meta: Path, key: str) -> int:
+    """Where a running stage's resume state stands; -1 while there is none, including the
+    instant a checkpoint swaps its folder in (the old one moved aside, the new not yet in)."""
+    try:
+        return read_json(meta)[key]
+    except FileNotFoundError:
+        return -1
+
+
 def _kill_and_restart(stage: str, progress_key: str, at_least: int) -> int:
     """Start `python -m tasks.<stage>`, SIGKILL it once its resume state records
     `progress_key` >= `at_least`, run it again to the end; returns where it was killed."""
@@ -135,10 +144,11 @@ def _kill_and_restart(stage: str, progress_key: str, at_least: int) -> int:
     proc = subprocess.Popen([sys.executable, "-m", f"tasks.{stage}"], env=env, stderr=subprocess.DEVNULL)
     meta = Path(f"checkpoints/.{stage}-resume/checkpoint.json")
     deadline = time.time() + 120
-    while time.time() < deadline and not (meta.exists() and read_json(meta)[progress_key] >= at_least):
+    while time.time() < deadline and _progress(meta, progress_key) < at_least:
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    clear_dead_runs(meta.parent)  # a kill between the two renames of a save: what the next run does first
     killed_at = read_json(meta)[progress_key]
     assert not Path("checkpoints", {"pretrain": "pretrained", "finetune": "finetuned"}[stage]).exists()
     subprocess.run([sys.executable, "-m", f"tasks.{stage}"], env=env, check=True, capture_output=True)

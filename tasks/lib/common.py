@@ -66,7 +66,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    _clear_dead_runs(final)
+    clear_dead_runs(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     old = final.with_name(f".{final.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -82,15 +82,17 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _clear_dead_runs(final: Path) -> None:
+def clear_dead_runs(final: Path) -> None:
     """What a killed process left beside `final`: its scratch folder goes; a previous output
-    it had moved aside but not yet replaced goes back into place."""
+    it had moved aside but not yet replaced goes back into place (so a kill between the two
+    renames of `atomic_dir` loses nothing)."""
     for leftover in final.parent.glob(f".{final.name}.*-*"):
         kind, _, pid = leftover.name.removeprefix(f".{final.name}.").partition("-")
         if kind not in ("tmp", "old") or not pid.isdigit() or pid_alive(int(pid)):
             continue
         if kind == "old" and not final.exists():
-            leftover.rename(final)
+            with contextlib.suppress(FileNotFoundError):  # another rank of the same run got there first
+                leftover.rename(final)
         else:
             shutil.rmtree(leftover, ignore_errors=True)
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from models.checksum import file_sha256
 from tasks.lib import catalog
-from tasks.lib.common import StageError, atomic_dir, read_json, write_json_atomic
+from tasks.lib.common import StageError, atomic_dir, clear_dead_runs, read_json, write_json_atomic
 from tasks.lib.engine import (
     ENGINE_KNOBS,
     Engine,
@@ -120,6 +120,7 @@ def usable_resume(directory: Path, fingerprint: str, say=print) -> dict | None:
     (a flipped byte, a cut file, an unreadable header) is never resumed: it is moved aside,
     with one line saying so, and the run starts fresh."""
     directory = Path(directory)
+    clear_dead_runs(directory)
     if not directory.is_dir():
         return None
     damage = resume_damage(directory)
