@@ -12,7 +12,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup run base repro test test-fast deploy promote clean
+.PHONY: setup run base repro test test-fast test-ui ui deploy promote clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,21 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+# The MLflow and Prefect UIs over this workspace's runs, on loopback (README, "See your runs").
+ui: setup
+	$(BIN)/python -m tasks.ui
+
+# A real headless Chromium (shipped inside the npm package, pinned) drives the reports and UIs.
+BROWSER_DIR := .ui-browser
+BROWSER_PACKAGES := @sparticuz/chromium@153.0.0 puppeteer-core@25.16.0
+$(BROWSER_DIR)/.installed:
+	npm install --prefix $(BROWSER_DIR) --no-audit --no-fund --loglevel=error $(BROWSER_PACKAGES)
+	touch $@
+
+# Not part of `make test` (which needs no browser); .ci/run calls both. Screenshots: reports/ui/.
+test-ui: setup $(BROWSER_DIR)/.installed
+	LANG=en_US.UTF-8 $(BIN)/python -m pytest -o addopts="-ra" tests/ui
 
 clean:
 	rm -rf data/raw data/validated data/corpus data/tokenized checkpoints/* reports/* .prefect mlflow.db mlartifacts

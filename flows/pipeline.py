@@ -28,8 +28,9 @@ from prefect.states import Failed, State
 
 from tasks.lib import catalog, params_file
 from tasks.lib.common import excerpt, file_lock, read_json
-from tasks.lib.lineage import data_hash, git_commit
-from tasks.lib.tracking import PARENT_ENV, configure, fail_abandoned_runs, flatten, owner_tags
+from tasks.lib.lineage import data_hash, git_commit, restore_command
+from tasks.lib.summary import parent_run_name
+from tasks.lib.tracking import PARENT_ENV, PARENT_TAG, configure, fail_abandoned_runs, flatten, log_metrics, owner_tags
 
 STAGES = ("ingest", "validate", "corpus", "tokenize", "pretrain", "finetune", "evaluate", "register")
 TRAINING = ("pretrain", "finetune")
@@ -136,6 +137,17 @@ def dvc_push(root: str) -> int:
         return repo.push()
 
 
+def report_link(folder: str) -> str:
+    """A markdown link to a report the parent run holds, in the MLflow UI's artifact viewer."""
+    import mlflow
+
+    from tasks.lib.summary import run_link
+
+    run = mlflow.active_run()
+    page = f"{folder}/{catalog.REPORT_PAGE}"
+    return run_link(mlflow.get_tracking_uri(), run.info.experiment_id, run.info.run_id, page, f"{folder} report")
+
+
 def publish_validation(root: Path) -> None:
     """The validation verdict as a Prefect artifact and in the MLflow parent run, pass or fail."""
     import mlflow
@@ -146,8 +158,12 @@ def publish_validation(root: Path) -> None:
     if not (report_dir / RESULTS).exists():
         return
     results = read_json(report_dir / RESULTS)
-    create_markdown_artifact(markdown_summary(results, report_dir / catalog.REPORT_PAGE), key="data-validation")
     mlflow.log_artifacts(str(report_dir), "validation")
+    create_markdown_artifact(
+        markdown_summary(results, report_link("validation")),
+        key="data-validation",
+        description="Data validation: the verdict, the contract and drift checks, and the quarantined rows by reason.",
+    )
     mlflow.set_tag("validation", "passed" if results["success"] else "failed")
 
 
@@ -161,7 +177,11 @@ def publish_corpus(root: Path) -> None:
     stats = [catalog.at(root, p) for p in (catalog.CORPUS_STATS, catalog.TOKEN_STATS)]
     if not all(p.exists() for p in stats):
         return
-    create_markdown_artifact(markdown(*(read_json(p) for p in stats)), key="data-corpus")
+    create_markdown_artifact(
+        markdown(*(read_json(p) for p in stats)),
+        key="data-corpus",
+        description="The unlabelled text pretraining reads: sources, texts kept and dropped by reason, tokens.",
+    )
     mlflow.log_artifacts(str(catalog.at(root, catalog.CORPUS_REPORT)), "corpus")
 
 
@@ -248,7 +268,9 @@ def train(lock: str, params: str, parent_run_id: str, commit: str = "", root: st
         dvc_push(str(root_path))
         # Through the client: start_run(run_id=...) would end the pipeline's run on exit.
         client = mlflow.MlflowClient()
-        client.log_artifact(parent_run_id, str(catalog.at(root_path, catalog.DVC_LOCK)), Path(LOCK_ARTIFACT).parent.as_posix())
+        client.log_artifact(
+            parent_run_id, str(catalog.at(root_path, catalog.DVC_LOCK)), Path(LOCK_ARTIFACT).parent.as_posix()
+        )
         client.log_dict(parent_run_id, results, "training/results.json")
     return results
 
@@ -277,6 +299,45 @@ def registered(root: Path, params) -> bool:
     return held
 
 
+def finish_parent_run(root: Path, params, results: list[dict]) -> None:
+    """What the parent run shows once every stage is done: its name says what ran; the headline
+    metrics, the dvc.lock, the versioned evaluation report; and the Prefect summary artifact."""
+    import mlflow
+
+    from tasks.evaluate import headline, log_versioned_report
+    from tasks.lib.summary import champion_scores, run_link, summary_markdown
+
+    lock = catalog.at(root, catalog.DVC_LOCK)
+    metrics = read_json(catalog.at(root, catalog.METRICS))
+    registered = read_json(catalog.at(root, catalog.REGISTERED))
+    run = mlflow.active_run()
+    log_metrics(headline(metrics))
+    mlflow.log_artifact(str(catalog.at(root, catalog.METRICS)))
+    mlflow.log_artifact(str(lock))
+    log_versioned_report(params, registered["version"], {"pipeline": run.info.run_id}, root)
+    mlflow.log_dict(results, "stages.json")
+    mlflow.set_tags(
+        {
+            "mlflow.runName": parent_run_name(params.ingest.source, results),
+            "stages_ran": ",".join(r["stage"] for r in results if r["ran"]) or "none",
+            "registered_version": registered["version"],
+            "data_hash": data_hash(lock),
+            "data_restore": restore_command(registered["version"]),
+        }
+    )
+    links = {
+        "run": run_link(mlflow.get_tracking_uri(), run.info.experiment_id, run.info.run_id, text="this run"),
+        "evaluation": report_link("evaluation"),
+        "validation": report_link("validation"),
+    }
+    champion = champion_scores(mlflow.MlflowClient(), params.register_.model_name)
+    create_markdown_artifact(
+        summary_markdown(results, metrics, registered, links, champion),
+        key="pipeline-summary",
+        description="What ran, the test scores beside the champion's and the baseline's, and the registered version.",
+    )
+
+
 def run_stages(stages, root: Path, parent_run_id: str, params, refresh_source: bool, training_deployment: str | None):
     """Run `stages` in order inside the open MLflow parent run, the training ones through
     `training_deployment` when it is set; their results, or a Failed state (the parent run
@@ -291,7 +352,12 @@ def run_stages(stages, root: Path, parent_run_id: str, params, refresh_source: b
             if stage == remote[0]:
                 done = train_remotely(training_deployment, root, parent_run_id, remote)
                 if isinstance(done, State):
-                    mlflow.set_tag("failed_stage", "train")
+                    mlflow.set_tags(
+                        {
+                            "failed_stage": "train",
+                            "mlflow.runName": parent_run_name(params.ingest.source, None, "train"),
+                        }
+                    )
                     mlflow.end_run(status="FAILED")
                     return done
                 results += done
@@ -305,7 +371,9 @@ def run_stages(stages, root: Path, parent_run_id: str, params, refresh_source: b
         if stage == "tokenize" and not state.is_failed():
             publish_corpus(root)
         if state.is_failed():
-            mlflow.set_tag("failed_stage", stage)
+            mlflow.set_tags(
+                {"failed_stage": stage, "mlflow.runName": parent_run_name(params.ingest.source, None, stage)}
+            )
             mlflow.end_run(status="FAILED")
             return Failed(message=state.message)
         result = {**state.result(), "pool": pool}
@@ -314,7 +382,27 @@ def run_stages(stages, root: Path, parent_run_id: str, params, refresh_source: b
     return results
 
 
-@flow(name="text-classifier-pipeline")
+def flow_run_name() -> str:
+    """Prefect lists a pipeline run as its dataset and start time, not a random name."""
+    import datetime
+
+    from prefect.runtime import flow_run
+
+    from tasks.lib.summary import dataset_name
+
+    given = flow_run.parameters
+    name = given.get("profile")
+    if not name:
+        try:
+            name = dataset_name(
+                params_file.read(catalog.at(given.get("root", "."), catalog.PARAMS))["ingest"]["source"]
+            )
+        except (OSError, KeyError, TypeError, ValueError):
+            name = "pipeline"
+    return f"{name} · {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC"
+
+
+@flow(name="text-classifier-pipeline", flow_run_name=flow_run_name)
 def pipeline(
     root: str = ".", refresh_source: bool = False, profile: str | None = None, training_deployment: str | None = None
 ):
@@ -328,8 +416,6 @@ def pipeline(
     """
     import mlflow
 
-    from tasks.lib.summary import champion_scores, run_link, summary_markdown
-
     logger = get_run_logger()
     root_path = Path(root).resolve()
     if not (root_path / "dvc.yaml").exists():
@@ -342,7 +428,8 @@ def pipeline(
         for run_id in fail_abandoned_runs(mlflow.MlflowClient()):
             logger.info("MLflow run %s was left RUNNING by a pipeline process that died: marked FAILED", run_id)
         pool = pool_of_this_run()
-        with mlflow.start_run(run_name="pipeline", tags=owner_tags()) as parent:
+        name = parent_run_name(params.ingest.source, None)
+        with mlflow.start_run(run_name=name, tags={**owner_tags(), PARENT_TAG: "true"}) as parent:
             mlflow.log_params(flatten(params.model_dump(by_alias=True)))
             mlflow.set_tag("work_pool", pool)
             results = run_stages(STAGES, root_path, parent.info.run_id, params, refresh_source, training_deployment)
@@ -350,23 +437,9 @@ def pipeline(
                 return results
             pushed = dvc_push(str(root_path))
             logger.info("pushed %d file(s) to the DVC remote", pushed)
-            mlflow.set_tags({"data_hash": data_hash(catalog.at(root_path, catalog.DVC_LOCK)),
-                             "data_restore": f"dvc pull {catalog.VALIDATED}"})  # fmt: skip
-            metrics = read_json(catalog.at(root_path, catalog.METRICS))
-            registered = read_json(catalog.at(root_path, catalog.REGISTERED))
-            mlflow.log_metrics({k: v for k, v in flatten(metrics).items() if isinstance(v, (int, float))})
-            mlflow.log_artifact(str(catalog.at(root_path, catalog.METRICS)))
-            mlflow.log_artifacts(str(catalog.at(root_path, catalog.EVALUATION_REPORT)), "evaluation")
-            mlflow.log_dict(results, "stages.json")
-            mlflow.set_tags(
-                {
-                    "stages_ran": ",".join(r["stage"] for r in results if r["ran"]) or "none",
-                    "registered_version": registered["version"],
-                }
-            )
-            champion = champion_scores(mlflow.MlflowClient(), params.register_.model_name)
-            link = run_link(mlflow.get_tracking_uri(), parent.info.experiment_id, parent.info.run_id)
-            create_markdown_artifact(summary_markdown(results, metrics, registered, link, champion), key="pipeline-summary")
+            finish_parent_run(root_path, params, results)
+        metrics = read_json(catalog.at(root_path, catalog.METRICS))
+        registered = read_json(catalog.at(root_path, catalog.REGISTERED))
         init = read_json(catalog.at(root_path, catalog.FINETUNED / catalog.META))["init"]
     return {
         "results": results,

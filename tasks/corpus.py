@@ -90,12 +90,12 @@ def corpus(params: Params, root: Path = Path(".")) -> dict:
 def main() -> None:
     import mlflow
 
-    from tasks.lib.tracking import stage_run
+    from tasks.lib.tracking import log_metrics, stage_run
 
     params = load_params()
     with stage_run("corpus", {"corpus": params.corpus.model_dump()}):
         stats = corpus(params)
-        mlflow.log_metrics({"documents": stats["documents"], "shards": stats["shards"]})
+        log_metrics({"documents": stats["documents"], "shards": stats["shards"]})
         mlflow.log_dict(stats, catalog.CORPUS_STATS.name)
     for s in stats["sources"]:
         dropped = ", ".join(f"{k} {v:,}" for k, v in s.items() if k not in ("source", "read", "kept"))

@@ -6,6 +6,7 @@ python -m tasks.evaluate          # writes reports/metrics.json, reports/evaluat
 from __future__ import annotations
 
 import html
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from tasks.lib import catalog
-from tasks.lib.common import atomic_dir, run_stage, write_json_atomic
+from tasks.lib.common import atomic_dir, read_json, run_stage, write_json_atomic
 from tasks.lib.config import Params, load_params
 from tasks.lib.label_budget import budget_rows, sample_seed
-from tasks.lib.tracking import flatten, stage_run
+from tasks.lib.lineage import identity
+from tasks.lib.tracking import PARENT_ENV, log_metrics, stage_run
 
 
 def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int) -> float:
@@ -85,40 +87,95 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, title: str) ->
     plt.close(fig)
 
 
-def render_report(model: dict, baseline: dict, labels: list[str]) -> str:
-    esc = html.escape
-    head = "<tr><th></th><th>accuracy</th><th>macro-F1</th><th>ECE</th></tr>"
-    overall = "".join(
-        f"<tr><td>{name}</td><td>{m['accuracy']:.4f}</td><td>{m['macro_f1']:.4f}</td><td>{m['ece']:.4f}</td></tr>"
+MODEL_IMAGE, BASELINE_IMAGE = "confusion_matrix.png", "baseline_confusion_matrix.png"
+
+
+def verdict(model: dict, baseline: dict) -> tuple[bool, str]:
+    """Whether the model beats the baseline on macro-F1 (the metric promotion gates on), in words."""
+    gap = (model["macro_f1"] - baseline["macro_f1"]) * 100
+    scores = f"macro-F1 {model['macro_f1']:.4f} against {baseline['macro_f1']:.4f}"
+    if gap > 0:
+        return True, f"The model beats the TF-IDF baseline by {gap:.1f} macro-F1 points ({scores})."
+    if gap == 0:
+        return False, f"The model ties the TF-IDF baseline ({scores})."
+    return False, f"The TF-IDF baseline beats the model by {-gap:.1f} macro-F1 points ({scores})."
+
+
+def render_report(metrics: dict, ident: dict[str, str], folder: Path) -> str:
+    """The evaluation page: verdict, identity, labelled tables and the confusion matrices
+    embedded (read from `folder`), so it reads the same from disk and in MLflow."""
+    from tasks.lib.report_html import embedded_png, identity_table, page, table
+
+    model, baseline = metrics["test"], metrics["baseline"]
+    ok, said = verdict(model, baseline)
+    overall = table(
+        ["", "accuracy", "macro-F1", "ECE"],
+        [[name, f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}", f"{m['ece']:.4f}"]
+         for name, m in (("fine-tuned model", model), ("TF-IDF + logistic regression", baseline))],
+        caption=f"Test split: {metrics['test_rows']:,} rows; both trained on {metrics['labelled_rows']:,} labelled rows",
+    )  # fmt: skip
+    per_class = "".join(
+        table(
+            ["class", "precision", "recall", "F1", "support (test rows)"],
+            [
+                [c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
+                for c, v in m["per_class"].items()
+            ],
+            caption=f"Per class: {name}",
+        )  # fmt: skip
         for name, m in (("fine-tuned model", model), ("TF-IDF + logistic regression", baseline))
     )
-    per_class = "".join(
-        f"<tr><td>{esc(c)}</td>"
-        + "".join(
-            f"<td>{m['per_class'][c][k]:.3f}</td>" for m in (model, baseline) for k in ("precision", "recall", "f1")
-        )
-        + f"<td>{model['per_class'][c]['support']}</td></tr>"
-        for c in labels
+    figures = "".join(
+        f"<figure>{embedded_png(folder / image, f'{name} confusion matrix')}"
+        f"<figcaption>{name}: rows are the true labels, columns the predicted ones</figcaption></figure>"
+        for name, image in (("fine-tuned model", MODEL_IMAGE), ("TF-IDF baseline", BASELINE_IMAGE))
     )
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Evaluation</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em}} table{{border-collapse:collapse;margin-bottom:2em}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child{{text-align:left}}</style></head><body>
-<h1>Evaluation on the test split</h1><table>{head}{overall}</table>
-<h2>Per class (model | baseline)</h2><table><tr><th>class</th><th>P</th><th>R</th><th>F1</th><th>P</th><th>R</th><th>F1</th><th>support</th></tr>{per_class}</table>
-<h2>Confusion matrices</h2><img src="confusion_matrix.png" alt="model confusion matrix"> <img src="baseline_confusion_matrix.png" alt="baseline confusion matrix">
-</body></html>
-"""
+    body = f"""<h1 class="{"pass" if ok else "fail"}">Evaluation on the test split</h1>
+<p class="verdict">{html.escape(said)}</p>
+{identity_table(ident)}
+{overall}
+<p>ECE (expected calibration error) is how far the model's confidence is from how often it is right,
+averaged over confidence bins: 0 means a prediction made with 80% confidence is right 80% of the time;
+{model["ece"]:.3f} means the stated confidence is off by {model["ece"] * 100:.1f} points on average.</p>
+{per_class}
+<h2>Confusion matrices</h2>{figures}
+<p>Every test prediction: <a href="{catalog.PREDICTIONS}">{catalog.PREDICTIONS}</a> (beside this page; in MLflow,
+the <code>evaluation/{catalog.PREDICTIONS}</code> artifact): the text, its true label, the predicted label and
+each class's probability.</p>"""
+    return page(f"Evaluation: {said}", body)
+
+
+def write_report(folder: Path, ident: dict[str, str], metrics: dict) -> None:
+    """(Re)write the report page in `folder`, which holds the confusion-matrix images."""
+    (folder / catalog.REPORT_PAGE).write_text(render_report(metrics, ident, folder))
+
+
+def log_versioned_report(params: Params, version: str | None, runs: dict[str, str], root: Path = Path(".")) -> None:
+    """Log the evaluation folder to the active MLflow run as `evaluation/`, its page naming
+    `version` and `runs` (the DVC output itself stays as evaluate wrote it)."""
+    import shutil
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / "evaluation"
+        shutil.copytree(catalog.at(root, catalog.EVALUATION_REPORT), folder)
+        write_report(folder, identity(params, version, runs, root), read_json(catalog.at(root, catalog.METRICS)))
+        mlflow.log_artifacts(str(folder), "evaluation")
 
 
 def predictions_table(texts: list[str], y: np.ndarray, proba: np.ndarray, labels: list[str]) -> pd.DataFrame:
     """One row per test example: text, true and predicted label, every class's probability."""
-    table = pd.DataFrame({"text": texts, "actual": [labels[i] for i in y], "predicted": [labels[i] for i in proba.argmax(1)]})
+    table = pd.DataFrame(
+        {"text": texts, "actual": [labels[i] for i in y], "predicted": [labels[i] for i in proba.argmax(1)]}
+    )
     for i, name in enumerate(labels):
         table[f"proba_{name}"] = proba[:, i]
     return table
 
 
-def evaluate(params: Params) -> dict:
+def evaluate(params: Params, runs: dict[str, str] | None = None) -> dict:
     from models.inference import encode, predict_proba
     from tasks.finetune import load_classifier
     from tasks.lib.vocab import load_tokenizer
@@ -134,40 +191,52 @@ def evaluate(params: Params) -> dict:
     base_proba = tfidf_baseline(train_df, test_df, labels, params.evaluate.baseline_max_features, params.seed)
     ours = classification_metrics(y, proba, labels, params.evaluate.ece_bins)
     base = classification_metrics(y, base_proba, labels, params.evaluate.ece_bins)
+    metrics = {"test": ours, "baseline": base, "test_rows": int(len(y)), "labelled_rows": int(len(train_df))}
     with atomic_dir(catalog.EVALUATION_REPORT) as tmp:
-        plot_confusion(
-            confusion_matrix(y, proba.argmax(1), labels=range(len(labels))),
-            labels,
-            tmp / "confusion_matrix.png",
-            "fine-tuned model",
-        )
-        plot_confusion(
-            confusion_matrix(y, base_proba.argmax(1), labels=range(len(labels))),
-            labels,
-            tmp / "baseline_confusion_matrix.png",
-            "TF-IDF baseline",
-        )
-        (tmp / catalog.REPORT_PAGE).write_text(render_report(ours, base, labels))
+        for name, p, image in (
+            ("fine-tuned model", proba, MODEL_IMAGE),
+            ("TF-IDF baseline", base_proba, BASELINE_IMAGE),
+        ):
+            plot_confusion(confusion_matrix(y, p.argmax(1), labels=range(len(labels))), labels, tmp / image, name)
+        write_report(tmp, identity(params, None, runs or {}), metrics)
         # `dvc plots show` draws its confusion matrix from the actual/predicted columns.
         predictions_table(test_df["text"].tolist(), y, proba, labels).to_csv(tmp / catalog.PREDICTIONS, index=False)
-    metrics = {"test": ours, "baseline": base, "test_rows": int(len(y)), "labelled_rows": int(len(train_df))}
     write_json_atomic(catalog.METRICS, metrics)
     return metrics
 
 
+def headline(metrics: dict) -> dict:
+    """The numbers worth a chart: overall scores of the model and the baseline, and the row
+    counts; per-class scores and supports go in the `per_class` table instead."""
+    return {
+        f"{side}.{k}": metrics[side][k] for side in ("test", "baseline") for k in ("accuracy", "macro_f1", "ece")
+    } | {"test_rows": metrics["test_rows"], "labelled_rows": metrics["labelled_rows"]}
+
+
+def per_class_table(metrics: dict) -> dict[str, list]:
+    """Per-class precision, recall, F1 and support of the model and the baseline, as columns."""
+    rows = [(side, c, v) for side in ("test", "baseline") for c, v in metrics[side]["per_class"].items()]
+    columns = {"model": ["fine-tuned" if s == "test" else "TF-IDF baseline" for s, _, _ in rows],
+               "class": [c for _, c, _ in rows]}  # fmt: skip
+    for k in ("precision", "recall", "f1", "support"):
+        columns[k] = [round(v[k], 4) for _, _, v in rows]
+    return columns
+
+
 def log_run(metrics: dict) -> None:
-    """The metrics, the report and metrics.json in this stage's MLflow run."""
+    """The headline metrics, the per-class table, the report and metrics.json in this stage's MLflow run."""
     import mlflow
 
-    mlflow.log_metrics(flatten(metrics))
+    log_metrics(headline(metrics))
+    mlflow.log_table(per_class_table(metrics), "evaluation/per_class.json")
     mlflow.log_artifacts(str(catalog.EVALUATION_REPORT), "evaluation")
     mlflow.log_artifact(str(catalog.METRICS))
 
 
 def main() -> None:
     params = load_params()
-    with stage_run("evaluate", {"evaluate": params.evaluate.model_dump()}):
-        metrics = evaluate(params)
+    with stage_run("evaluate", {"evaluate": params.evaluate.model_dump()}) as run:
+        metrics = evaluate(params, {"evaluate": run.info.run_id, "pipeline": os.environ.get(PARENT_ENV, "")})
         log_run(metrics)
     t, b = metrics["test"], metrics["baseline"]
     print(

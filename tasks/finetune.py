@@ -213,9 +213,10 @@ def finetune(
         window_tokens = all_reduce_sum(tokens, run.engine)
         tokens_seen += window_tokens
         tps = window_tokens / (time.perf_counter() - window_start)
-        val_f1, val_acc = _validate(model, val_ids, val_y, run)
+        scores = _validate(model, val_ids, val_y, run)
+        val_f1 = scores["val_macro_f1"]
         row = {"step": step, "epoch": round(step * f.batch_size / len(rows), 2), "train_loss": loss_sum / n_steps,
-               "val_macro_f1": val_f1, "val_accuracy": val_acc, "tokens_per_s": tps, "mfu": meter.mfu(tps)}  # fmt: skip
+               **scores, "tokens_per_s": tps, "mfu": meter.mfu(tps)}  # fmt: skip
         history.append(row)
         if run.is_main:
             log({k: v for k, v in row.items() if k != "step"}, step)
@@ -242,7 +243,7 @@ def finetune(
     model.load_state_dict(best["state"])
     summary = {"best_val_macro_f1": best["val_macro_f1"], "best_step": best["step"], "steps": step,
                "labelled_rows": len(rows), "tokens_seen": tokens_seen,
-               "wall_s": time.perf_counter() - start}  # fmt: skip
+               "wall_s": time.perf_counter() - start, "matmul_peak_gflops": meter.peak / 1e9}  # fmt: skip
     # The language model the pretrained body itself started from: the classifier's lineage names it.
     base = read_json(pretrained_dir / catalog.META).get("init_from") if f.init == "pretrained" else None
     meta = {"model_config": config, "labels": labels, "init": f.init, "base_model": base, "finetune": f.model_dump(),
@@ -255,14 +256,18 @@ def finetune_seed(params: Params) -> int:
     return params.finetune.seed if params.finetune.seed is not None else params.seed
 
 
-def _validate(model, val_ids, val_y, run: TrainingRun) -> tuple[float, float]:
-    """Rank 0 scores the validation split; every rank gets its numbers, so all stop together."""
-    f1 = acc = 0.0
+def _validate(model, val_ids, val_y, run: TrainingRun) -> dict[str, float]:
+    """Rank 0 scores the validation split (macro-F1, accuracy, cross-entropy); every rank gets
+    its numbers, so all stop together."""
+    scores = {"val_macro_f1": 0.0, "val_accuracy": 0.0, "val_loss": 0.0}
     if run.is_main:
         with run.engine.autocast():
-            pred = predict_proba(model, val_ids, run.engine.device).argmax(1)
-        f1, acc = float(f1_score(val_y, pred, average="macro")), float((pred == val_y).mean())
-    return broadcast_float(f1, run.engine), broadcast_float(acc, run.engine)
+            proba = predict_proba(model, val_ids, run.engine.device)
+        pred, p_true = proba.argmax(1), proba[np.arange(len(val_y)), val_y]
+        scores = {"val_macro_f1": float(f1_score(val_y, pred, average="macro")),
+                  "val_accuracy": float((pred == val_y).mean()),
+                  "val_loss": float(-np.log(np.clip(p_true, 1e-12, None)).mean())}  # fmt: skip
+    return {k: broadcast_float(v, run.engine) for k, v in scores.items()}
 
 
 def resumable_run_id(params: Params, resume_dir: Path = catalog.FINETUNE_RESUME) -> str | None:
@@ -275,9 +280,7 @@ def resumable_run_id(params: Params, resume_dir: Path = catalog.FINETUNE_RESUME)
 
 
 def main() -> None:
-    import mlflow
-
-    from tasks.lib.tracking import stage_run
+    from tasks.lib.tracking import log_metrics, stage_run
 
     params = load_params()
     relaunch_under_torchrun(params.finetune.nproc_per_node, "tasks.finetune")
@@ -286,9 +289,8 @@ def main() -> None:
         return
     # A killed run left its state behind: continue it, in the same MLflow run.
     with stage_run("finetune", {"finetune": params.finetune.model_dump()}, run_id=resumable_run_id(params)) as run:
-        log = lambda m, s: mlflow.log_metrics(m, step=s)  # noqa: E731
-        summary = finetune(params, params.ingest.labels, log=log, run_id=run.info.run_id)
-        mlflow.log_metrics(summary)
+        summary = finetune(params, params.ingest.labels, log=log_metrics, run_id=run.info.run_id)
+        log_metrics(summary)
     print(f"finetune: best validation macro-F1 {summary['best_val_macro_f1']:.4f} at step {summary['best_step']} "
           f"of {summary['steps']} ({summary['labelled_rows']:,} labelled rows)")  # fmt: skip
 

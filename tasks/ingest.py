@@ -121,14 +121,14 @@ def source_id(cfg: IngestParams) -> str:
 
 
 def main() -> None:
-    from tasks.lib.tracking import stage_run
+    from tasks.lib.tracking import log_metrics, stage_run
 
     params = load_params()
     with stage_run("ingest", {"ingest": params.ingest.model_dump()}):
         import mlflow
 
         stats = ingest(params.ingest, split_seed(params))
-        mlflow.log_metrics({f"rows_{k}": v for k, v in stats["split_rows"].items()})
+        log_metrics({f"rows_{k}": v for k, v in stats["split_rows"].items()})
         mlflow.log_dict(stats, catalog.INGEST_STATS.name)
     print(f"ingest: {stats['rows_read']} rows read, {stats['rows_kept']} kept -> {stats['split_rows']}")
 

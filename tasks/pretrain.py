@@ -251,7 +251,7 @@ def pretrain(
 def main() -> None:
     import mlflow
 
-    from tasks.lib.tracking import stage_run
+    from tasks.lib.tracking import log_metrics, stage_run
 
     params = load_params()
     relaunch_under_torchrun(params.pretrain.nproc_per_node, "tasks.pretrain")
@@ -261,8 +261,8 @@ def main() -> None:
     section = {"pretrain": params.pretrain.model_dump(), "model": params.model.model_dump()}
     # A killed run left its state behind: continue it, in the same MLflow run.
     with stage_run("pretrain", section, run_id=resumable_run_id(params)) as run:
-        summary = pretrain(params, log=lambda m, s: mlflow.log_metrics(m, step=s), run_id=run.info.run_id)
-        mlflow.log_metrics({k: v for k, v in summary.items() if not k.startswith("val_")})
+        summary = pretrain(params, log=log_metrics, run_id=run.info.run_id)
+        log_metrics({k: v for k, v in summary.items() if not k.startswith("val_")})
         mlflow.set_tag("checkpoint", str(catalog.PRETRAINED))
     print(
         f"pretrain: {summary['tokens_seen']:,} tokens in {summary['wall_s']:.0f} s, "

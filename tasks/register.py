@@ -10,7 +10,6 @@ a separate, gated step.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import tempfile
 import warnings
@@ -20,7 +19,7 @@ from models.checksum import code_sha256, file_sha256
 from tasks.lib import catalog
 from tasks.lib.common import StageError, read_json, run_stage, write_json_atomic
 from tasks.lib.config import Params, load_params
-from tasks.lib.lineage import data_hash, git_commit, lineage_params, restore_command
+from tasks.lib.lineage import data_hash, git_commit, lineage_params, params_digest, restore_command
 from tasks.lib.model_card import render_from_workspace
 from tasks.lib.registry import COMPLETE, REGISTRATION_TAG, give_up_interrupted, registry_lock, version_problem
 from tasks.lib.tracking import PARENT_ENV
@@ -30,10 +29,23 @@ PYFUNC_FILE = Path(__file__).with_name("lib") / "pyfunc_model.py"
 MODELS_PACKAGE = Path(__file__).resolve().parents[1] / "models"
 RUNTIME_PACKAGES = ("mlflow", "torch", "tokenizers", "safetensors", "numpy", "pandas")
 EXAMPLE = ["what a great flight", "lost my bag again"]
+PARAMS_ARTIFACT = "params.json"  # the params each stage was built with, as dvc.lock recorded them
 
 
 def pip_requirements() -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in RUNTIME_PACKAGES]
+
+
+def describe_model(client, name: str, labels: list[str], source: str) -> None:
+    """The registered model's own description and tags: what it is, before any version."""
+    client.update_registered_model(
+        name,
+        description=f"Text classifier over {len(labels)} labels ({', '.join(labels)}), trained on `{source}` "
+        "by this project's pipeline: pretrained language model, fine-tuned, evaluated against a TF-IDF "
+        "baseline. Each version's description is its model card; `@champion` is the promoted one.",
+    )
+    for key, value in {"task": "text-classification", "labels": ",".join(labels), "source": source}.items():
+        client.set_registered_model_tag(name, key, value)
 
 
 def base_model_tag(base: dict | None) -> str:
@@ -81,6 +93,8 @@ def _register(params: Params, weights: Path) -> dict:
     import pandas as pd
     from mlflow.models import infer_signature
 
+    from tasks.evaluate import log_versioned_report
+
     meta = read_json(catalog.FINETUNED / catalog.META)
     weights_sha256 = file_sha256(weights)  # in the config (checked at load) and a tag (checked by the flow)
     example = list(EXAMPLE)
@@ -122,12 +136,19 @@ def _register(params: Params, weights: Path) -> dict:
             )
     metrics = read_json(catalog.METRICS)
     run_id = mlflow.active_run().info.run_id
-    commit = git_commit()
+    version = str(info.registered_model_version)
+    used = lineage_params(params)
+    # Long records are artifacts, so the version's tags stay short enough to read in the UI.
+    mlflow.log_dict(used, PARAMS_ARTIFACT)
+    if catalog.DVC_LOCK.exists():  # what `tasks.registry restore` brings back (none outside DVC)
+        mlflow.log_artifact(str(catalog.DVC_LOCK))
     tags = {
-        "git_commit": commit,
+        "git_commit": git_commit(),
         "data_hash": data_hash(),
-        "restore_data": restore_command(commit),
-        "params": json.dumps(lineage_params(params), sort_keys=True),
+        "restore": restore_command(version),
+        "params_digest": params_digest(used),
+        "params": f"runs:/{run_id}/{PARAMS_ARTIFACT}",
+        "dvc_lock": f"runs:/{run_id}/{catalog.DVC_LOCK.name}" if catalog.DVC_LOCK.exists() else "none",
         "test_accuracy": f"{metrics['test']['accuracy']:.4f}",
         "test_macro_f1": f"{metrics['test']['macro_f1']:.4f}",
         "baseline_macro_f1": f"{metrics['baseline']['macro_f1']:.4f}",
@@ -141,11 +162,11 @@ def _register(params: Params, weights: Path) -> dict:
         "weights_sha256": weights_sha256,
     }
     client = mlflow.MlflowClient()
-    version = str(info.registered_model_version)
     if catalog.EVALUATION_REPORT.exists():
-        mlflow.log_artifacts(str(catalog.EVALUATION_REPORT), "evaluation")
+        log_versioned_report(params, version, {"register": run_id, "pipeline": tags["pipeline_run_id"]})
     card = render_from_workspace(cfg.model_name, version, tags, params.tokenize.max_length)
     mlflow.log_text(card, "model_card.md")
+    describe_model(client, cfg.model_name, meta["labels"], params.ingest.source)
     client.update_model_version(cfg.model_name, version, description=card)
     for key, value in tags.items():
         client.set_model_version_tag(cfg.model_name, version, key, value)

@@ -163,7 +163,7 @@ def tokenize(cfg: TokenizeParams, labels: list[str], root: Path = Path("."), ini
 
 
 def main() -> None:
-    from tasks.lib.tracking import stage_run
+    from tasks.lib.tracking import log_metrics, stage_run
 
     params = load_params()
     section = {"tokenize": params.tokenize.model_dump(), "pretrain": {"init_from": params.pretrain.init_from}}
@@ -171,7 +171,7 @@ def main() -> None:
         import mlflow
 
         stats = tokenize(params.tokenize, params.ingest.labels, init_from=params.pretrain.init_from)
-        mlflow.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))})
+        log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))})
         mlflow.log_artifacts(str(catalog.CORPUS_REPORT), "corpus")
     print(
         f"tokenize: vocabulary {stats['vocab_size']}, {stats['train_tokens']:,} training tokens, "

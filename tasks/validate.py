@@ -16,6 +16,7 @@ downstream of it, untouched.
 from __future__ import annotations
 
 import html
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from tasks.lib.catalog import SPLITS, split_file
 from tasks.lib.common import StageError, atomic_dir, read_json, run_stage, write_json_atomic
 from tasks.lib.config import Params, load_params
 from tasks.lib.contract import DAMAGE_REGEX, quarantine, snapshot, snapshot_checks
-from tasks.lib.report_html import STYLE, table
+from tasks.lib.lineage import identity
+from tasks.lib.report_html import table
 from tasks.lib.textclean import normalise
 
 RESULTS = "results.json"  # inside the report folder: the verdict the flow publishes
@@ -42,10 +44,52 @@ class Check:
     observed: str
     unexpected_count: int | None
     examples: list
+    limit: str = ""
 
     @property
     def name(self) -> str:
         return f"{self.split}: {self.expectation}" + (f"({self.column})" if self.column else "")
+
+    @property
+    def label(self) -> str:
+        """The expectation in words, for people."""
+        what = EXPECTATION_LABELS.get(self.expectation, self.expectation.removeprefix("expect_").replace("_", " "))
+        return f"{self.column}: {what}" if self.column else what
+
+
+# The suite's expectations in words (GX's type names are for code).
+EXPECTATION_LABELS = {
+    "expect_table_columns_to_match_set": "columns are exactly",
+    "expect_table_row_count_to_be_between": "row count",
+    "expect_column_values_to_not_be_null": "no value is missing",
+    "expect_column_values_to_not_match_regex": "no value matches",
+    "expect_column_value_lengths_to_be_between": "length in characters",
+    "expect_column_values_to_be_in_set": "every value is one of",
+    "expect_column_distinct_values_to_equal_set": "the distinct values are exactly",
+    "expect_column_proportion_of_unique_values_to_be_between": "share of distinct values",
+}
+# Regexes that read badly in a report, by what they mean.
+REGEX_LABELS = {
+    r"^\s*$": "blank text (whitespace only)",
+    DAMAGE_REGEX: "encoding damage (mojibake, replacement characters)",
+}
+
+
+def limit_of(kwargs: dict) -> str:
+    """The limit an expectation checks, from its arguments."""
+    lo, hi = kwargs.get("min_value"), kwargs.get("max_value")
+    if lo is not None or hi is not None:
+        return (
+            f"between {lo} and {hi}"
+            if lo is not None and hi is not None
+            else (f">= {lo}" if hi is None else f"<= {hi}")
+        )
+    for key in ("value_set", "column_set"):
+        if kwargs.get(key) is not None:
+            return ", ".join(str(v) for v in kwargs[key])
+    if kwargs.get("regex"):
+        return REGEX_LABELS.get(kwargs["regex"], kwargs["regex"])
+    return "every row"
 
 
 def load_splits(raw_dir: Path) -> dict[str, pd.DataFrame]:
@@ -102,8 +146,11 @@ def run_suite(params: Params, frames: dict[str, pd.DataFrame]) -> list[Check]:
         definition = context.validation_definitions.add(gx.ValidationDefinition(name=split, data=batch, suite=suite))
         result = definition.run(batch_parameters={"dataframe": df})
         checks.extend(_to_check(split, r) for r in result.results)
-    # GX returns results in no fixed order; sort so reports and diffs are stable.
-    return sorted(checks, key=lambda c: (SPLITS.index(c.split), c.expectation, c.column or ""))
+    # GX returns results in no fixed order: sort them into the suite's order, split by split.
+    order = [
+        (c.type, c.kwargs.get("column"), limit_of(c.kwargs)) for c in (e.configuration for e in suite.expectations)
+    ]
+    return sorted(checks, key=lambda c: (SPLITS.index(c.split), order.index((c.expectation, c.column, c.limit))))
 
 
 def _to_check(split: str, r) -> Check:
@@ -122,8 +169,14 @@ def _to_check(split: str, r) -> Check:
         success=bool(r.success),
         observed=str(observed if observed is not None else ""),
         unexpected_count=res.get("unexpected_count"),
-        examples=[str(x)[:120] for x in (res.get("partial_unexpected_list") or [])[:5]],
+        examples=[shorten(str(x)) for x in (res.get("partial_unexpected_list") or [])[:5]],
+        limit=limit_of(r.expectation_config.kwargs),
     )
+
+
+def shorten(text: str, width: int = 120) -> str:
+    """A text cut at a word boundary, marked when cut."""
+    return text if len(text) <= width else text[:width].rsplit(" ", 1)[0] + " …"
 
 
 def quarantine_summary(quarantined: pd.DataFrame) -> list[dict]:
@@ -132,63 +185,104 @@ def quarantine_summary(quarantined: pd.DataFrame) -> list[dict]:
             "reason": reason,
             "rows": len(part),
             "splits": part["split"].value_counts().to_dict(),
-            "examples": [t[:120] for t in part["text"].head(3)],
+            "examples": [shorten(t) for t in part["text"].head(3)],
         }
         for reason, part in quarantined.groupby("reason", sort=False)
     ]
 
 
-def render_report(checks: list[Check], contract: list[dict], quarantined: list[dict], ingest_stats: dict) -> str:
+# What ingest counted, in the order it does it, in words.
+INGEST_STEPS = {
+    "rows_read": "rows read from the source",
+    "texts_changed_by_cleaning": "texts changed by cleaning (HTML unescaped, mojibake repaired)",
+    "repeated_rows": "rows repeating another row of the same split",
+    "repeats_collapsed": "repeats collapsed into one row",
+    "rows_kept": "rows kept",
+}
+
+
+def _examples(texts: list[str]) -> str:
+    return "<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in texts) + "</ul>" if texts else ""
+
+
+def _rows_html(headers: list[str], rows: list[list], ok: list[bool] | None = None, caption: str = "") -> str:
+    """A table whose last column is already HTML (example lists)."""
+    esc = html.escape
+    body = "".join(
+        f"<tr class='{'' if ok is None else ('ok' if ok[i] else 'bad')}'>"
+        + "".join(f"<td>{esc('' if v is None else str(v))}</td>" for v in row[:-1])
+        + f"<td>{row[-1]}</td></tr>"
+        for i, row in enumerate(rows)
+    )
+    cap = f"<caption>{esc(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<tr>{''.join(f'<th>{esc(h)}</th>' for h in headers)}</tr>{body}</table>"
+
+
+def render_report(
+    checks: list[Check], contract: list[dict], quarantined: list[dict], ingest_stats: dict, ident: dict[str, str],
+    labels: list[str], first_version: bool,
+) -> str:  # fmt: skip
     """One self-contained HTML page: inline styles, no scripts, no external URL."""
+    from tasks.lib.report_html import identity_table, page
+
     n_failed = sum(not c.success for c in checks) + sum(not c["success"] for c in contract)
     verdict = "PASSED" if n_failed == 0 else f"FAILED ({n_failed} check(s))"
-    cleaning = [[k, v] for k, v in ingest_stats.items() if not isinstance(v, (dict, list))]
+    said = (
+        "Every check holds: this version of the data is accepted and published to data/validated."
+        if n_failed == 0
+        else f"{n_failed} check(s) fail (red rows below): the data is not accepted, and nothing downstream runs."
+    )
+    steps = [k for k in INGEST_STEPS if k in ingest_stats]
+    steps += [k for k, v in ingest_stats.items() if k not in INGEST_STEPS and isinstance(v, int)]
+    cleaning = [[INGEST_STEPS.get(k, k.replace("_", " ")), f"{ingest_stats[k]:,}"] for k in steps]
+    split_labels = ingest_stats.get("split_labels", {})
     splits = [
-        [s, ingest_stats.get("split_rows", {}).get(s, ""), ingest_stats.get("split_labels", {}).get(s, "")]
+        [s, f"{ingest_stats.get('split_rows', {}).get(s, 0):,}", *(f"{split_labels.get(s, {}).get(c, 0):,}" for c in labels)]
         for s in SPLITS
+    ]  # fmt: skip
+    quarantine_rows = [
+        [q["reason"], f"{q['rows']:,}", *(q["splits"].get(s, 0) for s in SPLITS), _examples(q["examples"])]
+        for q in quarantined
     ]
-    quarantine_rows = [[q["reason"], q["rows"], q["splits"], " | ".join(q["examples"])] for q in quarantined]
+    previous = "first version of this source" if first_version else None
     contract_rows = [
-        [c["check"], c["previous"], c["current"], c["measure"], c["limit"], "pass" if c["success"] else "FAIL"]
+        [c["check"], c["previous"] if c["previous"] is not None else (previous or "not compared"), c["current"],
+         c["measure"], c["limit"], "pass" if c["success"] else "FAIL"]
         for c in contract
-    ]
+    ]  # fmt: skip
     expectation_rows = [
-        [
-            c.split,
-            c.expectation,
-            c.column or "",
-            "pass" if c.success else "FAIL",
-            c.observed,
-            "" if c.unexpected_count is None else c.unexpected_count,
-            " | ".join(c.examples),
-        ]
+        [c.split, c.label, c.limit, "pass" if c.success else "FAIL", c.observed,
+         "" if c.unexpected_count is None else c.unexpected_count, _examples(c.examples)]
         for c in checks
-    ]
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>Data validation: {verdict}</title>
-{STYLE}</head><body>
-<h1 class="{"pass" if n_failed == 0 else "fail"}">Data validation {verdict}</h1>
-<p>Source: {html.escape(str(ingest_stats.get("source", "")))}</p>
-<h2>What ingest read and cleaned</h2>{table(["step", "rows"], cleaning)}
-<h2>Splits before quarantine</h2>{table(["split", "rows", "labels"], splits)}
+    ]  # fmt: skip
+    first = (
+        "<p>This is the <b>first version of this source</b>: there is no previous accepted version, so the drift "
+        "checks (labels, lengths, vocabulary, row count) start with the next one.</p>"
+        if first_version
+        else ""
+    )
+    body = f"""<h1 class="{"pass" if n_failed == 0 else "fail"}">Data validation {verdict}</h1>
+<p class="verdict">{html.escape(said)}</p>
+{identity_table({"source": str(ingest_stats.get("source", "")), **ident})}
+{table(["step", "rows"], cleaning, caption="What ingest read and cleaned, in order")}
+{table(["split", "rows", *labels], splits, caption="Rows per split and label, before quarantine")}
 <h2>Quarantined rows</h2>
-{table(["reason", "rows", "by split", "examples"], quarantine_rows) if quarantine_rows else "<p>None.</p>"}
-<h2>Contract and drift (previous accepted version beside this one)</h2>
-{table(["check", "previous version", "this version", "measured", "limit", "result"], contract_rows, [c["success"] for c in contract])}
-<h2>Great Expectations suite (accepted rows)</h2>
-{table(["split", "expectation", "column", "result", "observed", "unexpected rows", "examples"], expectation_rows, [c.success for c in checks])}
-<p>The unlabelled text pretraining reads is reported by the corpus and tokenize stages: <a href="../corpus/index.html">corpus report</a>.</p>
-</body></html>
-"""
+{_rows_html(["reason", "rows", *SPLITS, "examples"], quarantine_rows, caption="Rows that break a row rule, by reason and split") if quarantine_rows else "<p>None.</p>"}
+<h2>Contract and drift</h2>{first}
+{table(["check", "previous version", "this version", "measured", "limit", "result"], contract_rows, [c["success"] for c in contract], caption="Against the previous accepted version of the same source")}
+<h2>Great Expectations suite</h2>
+{_rows_html(["split", "expectation", "limit", "result", "observed", "unexpected rows", "failing examples"], expectation_rows, [c.success for c in checks], caption="On the accepted rows of each split")}
+<p>The unlabelled text pretraining reads is reported by the corpus and tokenize stages: <a href="../corpus/index.html">corpus report</a>.</p>"""
+    return page(f"Data validation: {verdict}", body)
 
 
-def markdown_summary(results: dict, report: Path) -> str:
+def markdown_summary(results: dict, report_link: str) -> str:
     """The pass/fail table for a Prefect artifact (or any markdown viewer)."""
     verdict = "PASSED" if results["success"] else "FAILED"
     lines = [
         f"## Data validation {verdict}",
         "",
-        f"Report: `{report.resolve()}`",
+        f"Report: {report_link}",
         "",
         "| check | measured | limit | result |",
         "|---|---|---|---|",
@@ -209,11 +303,17 @@ def markdown_summary(results: dict, report: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def first_version(old: dict | None, new: dict) -> bool:
+    """No accepted version of this source came before (drift has nothing to compare with)."""
+    return old is None or old.get("source") != new["source"]
+
+
 def validate(
     params: Params,
     raw_dir: Path = catalog.RAW,
     out_dir: Path = catalog.VALIDATED,
     report_dir: Path = catalog.VALIDATION_REPORT,
+    ident: dict[str, str] | None = None,
 ) -> list[Check]:
     v, labels = params.validate_, params.ingest.labels
     splits = load_splits(raw_dir)
@@ -238,7 +338,10 @@ def validate(
     ] + snapshot_checks(new_snapshot, old_snapshot, v, labels)
     summary = quarantine_summary(quarantined)
     with atomic_dir(report_dir) as tmp:
-        (tmp / catalog.REPORT_PAGE).write_text(render_report(checks, contract, summary, ingest_stats))
+        page = render_report(
+            checks, contract, summary, ingest_stats, ident or {}, labels, first_version(old_snapshot, new_snapshot)
+        )
+        (tmp / catalog.REPORT_PAGE).write_text(page)
         write_json_atomic(
             tmp / RESULTS,
             {
@@ -270,21 +373,24 @@ def validate(
 
 
 def main() -> None:
-    from tasks.lib.tracking import stage_run
+    from tasks.lib.tracking import PARENT_ENV, log_metrics, stage_run
 
     params = load_params()
     section = {"validate": params.validate_.model_dump(), "labels": params.ingest.labels}
     report = catalog.VALIDATION_REPORT
-    with stage_run("validate", section):
+    with stage_run("validate", section) as run:
         import mlflow
 
+        ident = identity(params, None, {"validate": run.info.run_id, "pipeline": os.environ.get(PARENT_ENV, "")})
+        # The data this stage accepts gets its hash in dvc.lock only once the stage has passed.
+        ident["data hash (data/validated)"] = "this version's: recorded in dvc.lock once it passes"
         try:
-            checks = validate(params)
+            checks = validate(params, ident=ident)
         finally:
             if (report / catalog.REPORT_PAGE).exists():
                 mlflow.log_artifacts(str(report), "validation")
         results = read_json(report / RESULTS)
-        mlflow.log_metrics(
+        log_metrics(
             {"expectations_passed": sum(c.success for c in checks), "quarantined_rows": results["quarantined_rows"]}
         )
         mlflow.set_tag("data_report", str(report / catalog.REPORT_PAGE))

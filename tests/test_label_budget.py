@@ -72,7 +72,7 @@ def test_early_stopping_keeps_the_best_pass(tmp_path, monkeypatch):
 
     def scripted(model, val_ids, val_y, run):
         seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return next(scores), 0.0
+        return {"val_macro_f1": next(scores), "val_accuracy": 0.0, "val_loss": 1.0}
 
     monkeypatch.setattr(ft, "_validate", scripted)
     summary = ft.finetune(params, params.ingest.labels)

@@ -233,10 +233,12 @@ def _stored_artifact(version, filename: str) -> Path:
 def test_lineage_reaches_run_params_commit_data_and_report(registry, project):
     info = lineage(registry, NAME, project["v1"])
     assert info["registering_run"] and info["params"]["finetune"]["max_steps"] == 64
-    assert info["git_commit"] and info["data_hash"] and "dvc pull data/validated" in info["restore_data"]
+    assert info["git_commit"] and info["data_hash"] and info["restore"] == f"python -m tasks.registry restore {project['v1']}"
     assert info["evaluation_report"].endswith("evaluation/index.html")
     report = mlflow.artifacts.download_artifacts(info["evaluation_report"])
-    assert Path(report).read_text().startswith("<!doctype html>")
+    page = Path(report).read_text()
+    assert page.startswith("<!doctype html>") and f"version {project['v1']}</td>" in page
+    assert 'src="data:image/png;base64,' in page and "baseline" in page.split("</h1>")[1].split("</p>")[0]
     card = registry.get_model_version(NAME, project["v1"]).description
     assert card.startswith(f"# Model card: {NAME} version {project['v1']}") and "## Known limits" in card
 

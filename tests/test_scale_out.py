@@ -166,7 +166,7 @@ def test_scheduled_pipeline_runs_data_work_on_cpu_and_training_on_gpu(tmp_path, 
         return json.loads(Path(path).read_text())
 
     [parent] = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()], "tags.mlflow.runName = 'pipeline'"
+        [e.experiment_id for e in client.search_experiments()], "tags.pipeline.parent = 'true'"
     )
     stages = {r["stage"]: r for r in stages_of(parent)}
     assert {s: stages[s]["pool"] for s in stages} == {
@@ -188,7 +188,7 @@ def test_scheduled_pipeline_runs_data_work_on_cpu_and_training_on_gpu(tmp_path, 
 
     trigger()  # nothing changed: ingest re-reads the source (refresh_source), the rest is up to date
     [second, _] = client.search_runs(
-        [parent.info.experiment_id], "tags.mlflow.runName = 'pipeline'", order_by=["attributes.start_time DESC"]
+        [parent.info.experiment_id], "tags.pipeline.parent = 'true'", order_by=["attributes.start_time DESC"]
     )
     again = stages_of(second)
     assert [r["stage"] for r in again if r["ran"]] == ["ingest"], again

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 from pathlib import Path
 
@@ -60,7 +62,33 @@ def lineage_params(params, lock_file: Path = catalog.DVC_LOCK) -> dict:
     return used or params.model_dump(by_alias=True)
 
 
-def restore_command(commit: str) -> str:
-    """How to get this exact data back: the commit's dvc.lock names it, the remote holds it."""
-    sha = commit.removesuffix("-dirty")
-    return f"git checkout {sha} -- {catalog.DVC_LOCK} && dvc pull {catalog.VALIDATED} (or dvc checkout {catalog.VALIDATED})"
+def params_digest(used: dict) -> str:
+    """A short fingerprint of the params a result was built with: equal digests, equal params."""
+    return hashlib.sha256(json.dumps(used, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def restore_command(version: str) -> str:
+    """How to get a registered version's exact data and checkpoints back (tasks/registry.py)."""
+    return f"python -m tasks.registry restore {version}"
+
+
+def identity(params, version: str | None, runs: dict[str, str], root: Path | str = ".") -> dict[str, str]:
+    """What a report is about, for its first lines: the model version, the runs that made
+    it, the code, the data and the params, and when."""
+    import datetime
+
+    lock = catalog.at(root, catalog.DVC_LOCK)
+    return {
+        "model version": f"version {version}" if version else "not registered",
+        **{f"{what} run": run_id for what, run_id in runs.items() if run_id},
+        "git commit": _marked(git_commit(root)),
+        "data hash (data/validated)": data_hash(lock),
+        "params digest": params_digest(lineage_params(params, lock)),
+        "date (UTC)": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def _marked(commit: str) -> str:
+    if commit.endswith("-dirty"):
+        return f"{commit.removesuffix('-dirty')} (dirty: the working tree had uncommitted changes)"
+    return commit

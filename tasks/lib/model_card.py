@@ -10,10 +10,6 @@ from tasks.lib import catalog
 from tasks.lib.common import read_json
 
 
-def _row(name: str, ours: dict, base: dict) -> str:
-    return f"| {name} | {ours['accuracy']:.4f} | {ours['macro_f1']:.4f} | {ours['ece']:.4f} | {base['accuracy']:.4f} | {base['macro_f1']:.4f} |"
-
-
 def known_limits(metrics: dict, finetuned: dict, tokenize_max_length: int) -> list[str]:
     """Limits a user should know before trusting the model, from its own numbers."""
     t, b = metrics["test"], metrics["baseline"]
@@ -61,8 +57,10 @@ def render(
     else:
         how = f"{arch} ({shape}), fine-tuned"
     rows = ", ".join(f"{k} {v:,}" for k, v in snapshot.get("rows", {}).items())
+    # Lists, not tables: the registry UI renders a version's description without table support.
     per_class = "\n".join(
-        f"| {c} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {b['per_class'][c]['f1']:.3f} | {m['support']} |"
+        f"- `{c}`: precision {m['precision']:.3f}, recall {m['recall']:.3f}, F1 {m['f1']:.3f} "
+        f"(baseline F1 {b['per_class'][c]['f1']:.3f}); {m['support']:,} test rows"
         for c, m in t["per_class"].items()
     )
     limits = "\n".join(f"- {line}" for line in known_limits(metrics, finetuned, tokenize_max_length))
@@ -74,25 +72,24 @@ Input: raw strings; output: a label and one probability per class.
 ## Data
 - Source: {snapshot.get("source", "unknown")}
 - Rows after validation: {rows}
-- Data version (DVC md5 of `data/validated`): `{lineage["data_hash"]}`; restore it with
-  `{lineage["restore_data"]}`
+- Data version (DVC md5 of `data/validated`): `{lineage["data_hash"]}`; restore this version's
+  data and checkpoints into a clone with `{lineage["restore"]}`
 
 ## Training
 - Network: {how}.
 - Pretraining started from: {lineage.get("base_model", "none")} (`none`: random weights).
 - Code: git commit `{lineage["git_commit"]}`; seed {finetuned.get("seed")}.
-- Params: the `params` tag of this version (as recorded in dvc.lock).
+- Params: digest `{lineage["params_digest"]}`; the values (as recorded in dvc.lock) in the
+  registering run's `params.json`.
 
 ## Results on the test split ({metrics["test_rows"]:,} rows)
 
-| | accuracy | macro-F1 | ECE | baseline accuracy | baseline macro-F1 |
-|---|---|---|---|---|---|
-{_row("model", t, b)}
+- Model: accuracy {t["accuracy"]:.4f}, macro-F1 {t["macro_f1"]:.4f}, ECE {t["ece"]:.4f}
+- Baseline, TF-IDF (word 1–2-grams + char 2–5-grams) + logistic regression on the same rows:
+  accuracy {b["accuracy"]:.4f}, macro-F1 {b["macro_f1"]:.4f}
 
-Baseline: TF-IDF (word 1–2-grams + char 2–5-grams) + logistic regression on the same split.
+Per class:
 
-| class | precision | recall | F1 | baseline F1 | support |
-|---|---|---|---|---|---|
 {per_class}
 
 ## Known limits

@@ -191,14 +191,22 @@ def lineage(client, name: str, version: str) -> dict:
         "experiment": run.info.experiment_id,
         "git_commit": tags.get("git_commit"),
         "data_hash": tags.get("data_hash"),
-        "restore_data": tags.get("restore_data"),
-        "params": json.loads(tags.get("params", "{}")),
+        "restore": tags.get("restore"),
+        "params_digest": tags.get("params_digest"),
+        "params": _params(tags.get("params", "")),
         "test_accuracy": tags.get("test_accuracy"),
         "test_macro_f1": tags.get("test_macro_f1"),
         "evaluation_report": tags.get("evaluation_report"),
         "model_card": tags.get("model_card"),
         "promotion": {k.removeprefix("promotion."): v for k, v in tags.items() if k.startswith("promotion.")},
     }
+
+
+def _params(ref: str) -> dict:
+    """The params a version was built with: the artifact its `params` tag points at."""
+    import mlflow
+
+    return mlflow.artifacts.load_dict(ref) if ref.startswith("runs:/") else {}
 
 
 def _v(version: str | None) -> str:

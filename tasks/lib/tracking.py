@@ -15,6 +15,10 @@ from pathlib import Path
 PARENT_ENV = "PIPELINE_PARENT_RUN_ID"
 EXPERIMENT_ENV = "PIPELINE_EXPERIMENT"
 DEFAULT_EXPERIMENT = "text-classifier-pipeline"
+# MLflow's UI opens an experiment without this tag in its GenAI view (traces, token usage).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+PARENT_TAG = "pipeline.parent"  # on a pipeline flow's parent run: its name says what ran, this finds it
+DIGITS = 4  # metrics are logged rounded: 0.7597, not 0.7597402597402597
 
 
 def configure(root: Path | None = None) -> str:
@@ -31,9 +35,12 @@ def configure(root: Path | None = None) -> str:
         # The default artifact root is ./mlruns under whatever folder first creates the
         # experiment; pin it so artifacts always land beside the database.
         location = _local_artifact_root(root)
-        exp_id = client.create_experiment(name, artifact_location=location)
+        exp_id = client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     else:
         exp_id = exp.experiment_id
+        for key, value in EXPERIMENT_KIND.items():
+            if exp.tags.get(key) != value:
+                client.set_experiment_tag(exp_id, key, value)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
@@ -57,6 +64,17 @@ def flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[name] = value
     return out
+
+
+def rounded(metrics: dict) -> dict:
+    """Metrics as they are logged: floats to DIGITS decimals, counts as they are."""
+    return {k: round(v, DIGITS) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+def log_metrics(metrics: dict, step: int | None = None) -> None:
+    import mlflow
+
+    mlflow.log_metrics(rounded(metrics), step=step)
 
 
 @contextlib.contextmanager
