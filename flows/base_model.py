@@ -85,7 +85,11 @@ def base_model(root: str = ".", profile: str | None = None, training_deployment:
                 {"registered_lm": f"{record['name']}/{record['version']}", "corpus_hash": record["corpus_hash"]}
             )
             mlflow.log_dict(results, "stages.json")
-            create_markdown_artifact(summary_markdown(results, record, corpus), key="base-model-summary")
+            create_markdown_artifact(
+                summary_markdown(results, record, corpus),
+                key="base-model-summary",
+                description="The registered base language model: tokens seen, validation loss, corpus, stages.",
+            )
     return {"results": results, "registered": record, "run_id": parent.info.run_id}
 
 

@@ -304,7 +304,7 @@ def finish_parent_run(root: Path, params, results: list[dict]) -> None:
     metrics, the dvc.lock, the versioned evaluation report; and the Prefect summary artifact."""
     import mlflow
 
-    from tasks.evaluate import headline, log_versioned_report
+    from tasks.lib.evaluation_report import headline, log_versioned_report
     from tasks.lib.summary import champion_scores, run_link, summary_markdown
 
     lock = catalog.at(root, catalog.DVC_LOCK)
@@ -338,11 +338,17 @@ def finish_parent_run(root: Path, params, results: list[dict]) -> None:
     )
 
 
+def fail_parent_run(params, stage: str) -> None:
+    import mlflow
+
+    mlflow.set_tags({"failed_stage": stage, "mlflow.runName": parent_run_name(params.ingest.source, None, stage)})
+    mlflow.end_run(status="FAILED")
+
+
 def run_stages(stages, root: Path, parent_run_id: str, params, refresh_source: bool, training_deployment: str | None):
     """Run `stages` in order inside the open MLflow parent run, the training ones through
     `training_deployment` when it is set; their results, or a Failed state (the parent run
     marked failed, with the stage that failed)."""
-    import mlflow
 
     logger = get_run_logger()
     remote = [s for s in stages if s in TRAINING] if training_deployment else []
@@ -352,13 +358,7 @@ def run_stages(stages, root: Path, parent_run_id: str, params, refresh_source: b
             if stage == remote[0]:
                 done = train_remotely(training_deployment, root, parent_run_id, remote)
                 if isinstance(done, State):
-                    mlflow.set_tags(
-                        {
-                            "failed_stage": "train",
-                            "mlflow.runName": parent_run_name(params.ingest.source, None, "train"),
-                        }
-                    )
-                    mlflow.end_run(status="FAILED")
+                    fail_parent_run(params, "train")
                     return done
                 results += done
             continue
@@ -371,10 +371,7 @@ def run_stages(stages, root: Path, parent_run_id: str, params, refresh_source: b
         if stage == "tokenize" and not state.is_failed():
             publish_corpus(root)
         if state.is_failed():
-            mlflow.set_tags(
-                {"failed_stage": stage, "mlflow.runName": parent_run_name(params.ingest.source, None, stage)}
-            )
-            mlflow.end_run(status="FAILED")
+            fail_parent_run(params, stage)
             return Failed(message=state.message)
         result = {**state.result(), "pool": pool}
         logger.info("%s: %s in %.1f s", stage, "ran" if result["ran"] else "up to date", result["seconds"])

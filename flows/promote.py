@@ -102,7 +102,11 @@ def promote(version: str | None = None, root: str = ".") -> dict:
             decision |= {"decision": "rejected", "reason": str(err)}
     for key, value in decision_tags(decision).items():
         client.set_model_version_tag(name, decision["challenger"], key, value)
-    create_markdown_artifact(decision_markdown(name, decision), key="promotion-decision")
+    create_markdown_artifact(
+        decision_markdown(name, decision),
+        key="promotion-decision",
+        description="Whether the challenger became champion: each gate, its measured value and its limit.",
+    )
     for g in decision["gates"]:
         logger.info(gate_line(g))
     logger.info("version %s: %s (%s)", challenger, decision["decision"], decision["reason"])

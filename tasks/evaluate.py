@@ -5,7 +5,6 @@ python -m tasks.evaluate          # writes reports/metrics.json, reports/evaluat
 
 from __future__ import annotations
 
-import html
 import os
 from pathlib import Path
 
@@ -16,8 +15,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from tasks.lib import catalog
-from tasks.lib.common import atomic_dir, read_json, run_stage, write_json_atomic
+from tasks.lib.common import atomic_dir, run_stage, write_json_atomic
 from tasks.lib.config import Params, load_params
+from tasks.lib.evaluation_report import BASELINE_IMAGE, MODEL_IMAGE, headline, write_report
 from tasks.lib.label_budget import budget_rows, sample_seed
 from tasks.lib.lineage import identity
 from tasks.lib.tracking import PARENT_ENV, log_metrics, stage_run
@@ -87,84 +87,6 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, title: str) ->
     plt.close(fig)
 
 
-MODEL_IMAGE, BASELINE_IMAGE = "confusion_matrix.png", "baseline_confusion_matrix.png"
-
-
-def verdict(model: dict, baseline: dict) -> tuple[bool, str]:
-    """Whether the model beats the baseline on macro-F1 (the metric promotion gates on), in words."""
-    gap = (model["macro_f1"] - baseline["macro_f1"]) * 100
-    scores = f"macro-F1 {model['macro_f1']:.4f} against {baseline['macro_f1']:.4f}"
-    if gap > 0:
-        return True, f"The model beats the TF-IDF baseline by {gap:.1f} macro-F1 points ({scores})."
-    if gap == 0:
-        return False, f"The model ties the TF-IDF baseline ({scores})."
-    return False, f"The TF-IDF baseline beats the model by {-gap:.1f} macro-F1 points ({scores})."
-
-
-def render_report(metrics: dict, ident: dict[str, str], folder: Path) -> str:
-    """The evaluation page: verdict, identity, labelled tables and the confusion matrices
-    embedded (read from `folder`), so it reads the same from disk and in MLflow."""
-    from tasks.lib.report_html import embedded_png, identity_table, page, table
-
-    model, baseline = metrics["test"], metrics["baseline"]
-    ok, said = verdict(model, baseline)
-    overall = table(
-        ["", "accuracy", "macro-F1", "ECE"],
-        [[name, f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}", f"{m['ece']:.4f}"]
-         for name, m in (("fine-tuned model", model), ("TF-IDF + logistic regression", baseline))],
-        caption=f"Test split: {metrics['test_rows']:,} rows; both trained on {metrics['labelled_rows']:,} labelled rows",
-    )  # fmt: skip
-    per_class = "".join(
-        table(
-            ["class", "precision", "recall", "F1", "support (test rows)"],
-            [
-                [c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
-                for c, v in m["per_class"].items()
-            ],
-            caption=f"Per class: {name}",
-        )  # fmt: skip
-        for name, m in (("fine-tuned model", model), ("TF-IDF + logistic regression", baseline))
-    )
-    figures = "".join(
-        f"<figure>{embedded_png(folder / image, f'{name} confusion matrix')}"
-        f"<figcaption>{name}: rows are the true labels, columns the predicted ones</figcaption></figure>"
-        for name, image in (("fine-tuned model", MODEL_IMAGE), ("TF-IDF baseline", BASELINE_IMAGE))
-    )
-    body = f"""<h1 class="{"pass" if ok else "fail"}">Evaluation on the test split</h1>
-<p class="verdict">{html.escape(said)}</p>
-{identity_table(ident)}
-{overall}
-<p>ECE (expected calibration error) is how far the model's confidence is from how often it is right,
-averaged over confidence bins: 0 means a prediction made with 80% confidence is right 80% of the time;
-{model["ece"]:.3f} means the stated confidence is off by {model["ece"] * 100:.1f} points on average.</p>
-{per_class}
-<h2>Confusion matrices</h2>{figures}
-<p>Every test prediction: <a href="{catalog.PREDICTIONS}">{catalog.PREDICTIONS}</a> (beside this page; in MLflow,
-the <code>evaluation/{catalog.PREDICTIONS}</code> artifact): the text, its true label, the predicted label and
-each class's probability.</p>"""
-    return page(f"Evaluation: {said}", body)
-
-
-def write_report(folder: Path, ident: dict[str, str], metrics: dict) -> None:
-    """(Re)write the report page in `folder`, which holds the confusion-matrix images."""
-    (folder / catalog.REPORT_PAGE).write_text(render_report(metrics, ident, folder))
-
-
-def log_versioned_report(params: Params, version: str | None, runs: dict[str, str], root: Path = Path(".")) -> None:
-    """Log the evaluation folder to the active MLflow run as `evaluation/`, its page naming
-    `version` and `runs` (the DVC output itself stays as evaluate wrote it)."""
-    import shutil
-    import tempfile
-
-    import mlflow
-
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch) / "evaluation"
-        shutil.copytree(catalog.at(root, catalog.EVALUATION_REPORT), folder)
-        write_report(folder, identity(params, version, runs, root), read_json(catalog.at(root, catalog.METRICS)))
-        mlflow.log_artifacts(str(folder), "evaluation")
-
-
 def predictions_table(texts: list[str], y: np.ndarray, proba: np.ndarray, labels: list[str]) -> pd.DataFrame:
     """One row per test example: text, true and predicted label, every class's probability."""
     table = pd.DataFrame(
@@ -203,14 +125,6 @@ def evaluate(params: Params, runs: dict[str, str] | None = None) -> dict:
         predictions_table(test_df["text"].tolist(), y, proba, labels).to_csv(tmp / catalog.PREDICTIONS, index=False)
     write_json_atomic(catalog.METRICS, metrics)
     return metrics
-
-
-def headline(metrics: dict) -> dict:
-    """The numbers worth a chart: overall scores of the model and the baseline, and the row
-    counts; per-class scores and supports go in the `per_class` table instead."""
-    return {
-        f"{side}.{k}": metrics[side][k] for side in ("test", "baseline") for k in ("accuracy", "macro_f1", "ece")
-    } | {"test_rows": metrics["test_rows"], "labelled_rows": metrics["labelled_rows"]}
 
 
 def per_class_table(metrics: dict) -> dict[str, list]:

@@ -19,7 +19,7 @@ from models.checksum import code_sha256, file_sha256
 from tasks.lib import catalog
 from tasks.lib.common import StageError, read_json, run_stage, write_json_atomic
 from tasks.lib.config import Params, load_params
-from tasks.lib.lineage import data_hash, git_commit, lineage_params, params_digest, restore_command
+from tasks.lib.lineage import data_hash, git_commit, params_digest, restore_command
 from tasks.lib.model_card import render_from_workspace
 from tasks.lib.registry import COMPLETE, REGISTRATION_TAG, give_up_interrupted, registry_lock, version_problem
 from tasks.lib.tracking import PARENT_ENV
@@ -29,7 +29,7 @@ PYFUNC_FILE = Path(__file__).with_name("lib") / "pyfunc_model.py"
 MODELS_PACKAGE = Path(__file__).resolve().parents[1] / "models"
 RUNTIME_PACKAGES = ("mlflow", "torch", "tokenizers", "safetensors", "numpy", "pandas")
 EXAMPLE = ["what a great flight", "lost my bag again"]
-PARAMS_ARTIFACT = "params.json"  # the params each stage was built with, as dvc.lock recorded them
+PARAMS_ARTIFACT = "params.json"  # the params the run loaded; `params_digest` is their digest
 
 
 def pip_requirements() -> list[str]:
@@ -93,7 +93,7 @@ def _register(params: Params, weights: Path) -> dict:
     import pandas as pd
     from mlflow.models import infer_signature
 
-    from tasks.evaluate import log_versioned_report
+    from tasks.lib.evaluation_report import log_versioned_report
 
     meta = read_json(catalog.FINETUNED / catalog.META)
     weights_sha256 = file_sha256(weights)  # in the config (checked at load) and a tag (checked by the flow)
@@ -137,7 +137,7 @@ def _register(params: Params, weights: Path) -> dict:
     metrics = read_json(catalog.METRICS)
     run_id = mlflow.active_run().info.run_id
     version = str(info.registered_model_version)
-    used = lineage_params(params)
+    used = params.model_dump(by_alias=True)  # what each stage was built with: the dvc.lock artifact
     # Long records are artifacts, so the version's tags stay short enough to read in the UI.
     mlflow.log_dict(used, PARAMS_ARTIFACT)
     if catalog.DVC_LOCK.exists():  # what `tasks.registry restore` brings back (none outside DVC)

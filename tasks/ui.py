@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from tasks.lib.common import StageError, apply_env_defaults, run_stage
-from tasks.lib.summary import MLFLOW_UI, PREFECT_UI
+from tasks.lib.summary import MLFLOW_UI, PREFECT_UI, experiment_url
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 120  # a fresh Prefect database takes ~20 s to migrate
@@ -45,7 +46,7 @@ def commands(root: Path, mlflow_port: int, prefect_port: int) -> dict[str, tuple
     return {
         "MLflow": (
             [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{db}", "--host", HOST,
-             "--port", str(mlflow_port)],
+             "--port", str(mlflow_port), "--workers", "1"],
             {},
             f"http://{HOST}:{mlflow_port}/health",
         ),
@@ -87,7 +88,8 @@ def start(root: Path, mlflow_port: int, prefect_port: int) -> list[subprocess.Po
     procs = []
     try:
         for name, (cmd, env, health) in commands(root, mlflow_port, prefect_port).items():
-            procs.append(subprocess.Popen(cmd, cwd=root, env={**os.environ, **env}))
+            # Their logs go to stderr: stdout carries only the URLs.
+            procs.append(subprocess.Popen(cmd, cwd=root, env={**os.environ, **env}, stdout=sys.stderr))
             wait_until_up(name, health, procs[-1])
     except BaseException:
         stop(procs)
@@ -105,6 +107,22 @@ def stop(procs: list[subprocess.Popen]) -> None:
             proc.kill()
 
 
+def runs_table(root: Path, port: int) -> str:
+    """The pipeline experiment's runs table (the UI's front page lists experiments only)."""
+    import mlflow
+
+    from tasks.lib.tracking import DEFAULT_EXPERIMENT, EXPERIMENT_ENV
+
+    base = f"http://{HOST}:{port}"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{(root / 'mlflow.db').resolve()}")
+    exp = client.get_experiment_by_name(os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
+    return experiment_url(base, exp.experiment_id) if exp else base
+
+
+def _interrupted(*_) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Serve the MLflow and Prefect UIs over this workspace, on loopback.")
     ap.add_argument("--mlflow-port", type=int, default=urlparse(MLFLOW_UI).port)
@@ -113,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     apply_env_defaults()
     procs = start(Path("."), args.mlflow_port, args.prefect_port)
-    print(f"MLflow UI:  http://{HOST}:{args.mlflow_port}   (runs, metrics, reports, the model registry)")
+    signal.signal(signal.SIGTERM, _interrupted)  # `kill` stops both too, as Ctrl-C does
+    print(f"MLflow UI:  {runs_table(Path('.'), args.mlflow_port)}   (runs, metrics, reports, the model registry)")
     print(f"Prefect UI: http://{HOST}:{args.prefect_port}   (flow runs, task runs, artifacts)", flush=True)
     try:
         if not args.check:

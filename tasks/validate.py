@@ -235,6 +235,9 @@ def render_report(
     steps = [k for k in INGEST_STEPS if k in ingest_stats]
     steps += [k for k, v in ingest_stats.items() if k not in INGEST_STEPS and isinstance(v, int)]
     cleaning = [[INGEST_STEPS.get(k, k.replace("_", " ")), f"{ingest_stats[k]:,}"] for k in steps]
+    in_splits = sum(ingest_stats.get("split_rows", {}).values())
+    if in_splits != ingest_stats.get("rows_kept", in_splits):
+        cleaning.append(["rows in the splits (a stratified subsample: ingest.limit_rows)", f"{in_splits:,}"])
     split_labels = ingest_stats.get("split_labels", {})
     splits = [
         [s, f"{ingest_stats.get('split_rows', {}).get(s, 0):,}", *(f"{split_labels.get(s, {}).get(c, 0):,}" for c in labels)]

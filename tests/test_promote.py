@@ -239,8 +239,14 @@ def test_lineage_reaches_run_params_commit_data_and_report(registry, project):
     page = Path(report).read_text()
     assert page.startswith("<!doctype html>") and f"version {project['v1']}</td>" in page
     assert 'src="data:image/png;base64,' in page and "baseline" in page.split("</h1>")[1].split("</p>")[0]
-    card = registry.get_model_version(NAME, project["v1"]).description
+    version = registry.get_model_version(NAME, project["v1"])
+    card = version.description
     assert card.startswith(f"# Model card: {NAME} version {project['v1']}") and "## Known limits" in card
+    assert "| " not in card  # lists, not tables: the registry UI renders no tables
+    lineage_tags = {k: v for k, v in version.tags.items() if not k.startswith("promotion.")}
+    assert all(len(v) <= 120 for v in lineage_tags.values()), lineage_tags  # short: the lineage stays in view
+    model = registry.get_registered_model(NAME)
+    assert model.description and {"task", "labels", "source"} <= set(model.tags)
 
 
 # --- serving the champion through real servers on loopback ---------------------------------

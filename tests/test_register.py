@@ -41,3 +41,23 @@ def test_git_commit_outside_a_repository(tmp_path, monkeypatch):
 def test_runtime_requirements_are_pinned():
     reqs = pip_requirements()
     assert any(r.startswith("torch==") for r in reqs) and all("==" in r for r in reqs)
+
+
+def test_identity_marks_a_dirty_tree_and_digests_the_params(tmp_path):
+    import subprocess
+
+    from tasks.lib.lineage import identity, params_digest
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(LOCK))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], git + ["commit", "-qm", "c"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True)
+    params = parse_params(tiny_params())
+    clean = identity(params, "3", {"register": "r1", "pipeline": ""}, tmp_path)
+    assert clean["model version"] == "version 3" and clean["register run"] == "r1" and "pipeline run" not in clean
+    assert "dirty" not in clean["git commit"] and clean["data hash (data/validated)"] == "abc123.dir"
+    assert clean["params digest"] == params_digest(params.model_dump(by_alias=True))
+    (tmp_path / "code.py").write_text("x = 2\n")
+    dirty = identity(params, None, {}, tmp_path)
+    assert dirty["model version"] == "not registered" and dirty["git commit"].endswith("uncommitted changes)")

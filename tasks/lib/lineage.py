@@ -63,7 +63,8 @@ def lineage_params(params, lock_file: Path = catalog.DVC_LOCK) -> dict:
 
 
 def params_digest(used: dict) -> str:
-    """A short fingerprint of the params a result was built with: equal digests, equal params."""
+    """A short fingerprint of a run's params (every report of one run shows the same one, and
+    the registered version's `params.json` hashes to it): equal digests, equal params."""
     return hashlib.sha256(json.dumps(used, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -83,7 +84,7 @@ def identity(params, version: str | None, runs: dict[str, str], root: Path | str
         **{f"{what} run": run_id for what, run_id in runs.items() if run_id},
         "git commit": _marked(git_commit(root)),
         "data hash (data/validated)": data_hash(lock),
-        "params digest": params_digest(lineage_params(params, lock)),
+        "params digest": params_digest(params.model_dump(by_alias=True)),
         "date (UTC)": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
     }
 

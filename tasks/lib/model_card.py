@@ -79,8 +79,8 @@ Input: raw strings; output: a label and one probability per class.
 - Network: {how}.
 - Pretraining started from: {lineage.get("base_model", "none")} (`none`: random weights).
 - Code: git commit `{lineage["git_commit"]}`; seed {finetuned.get("seed")}.
-- Params: digest `{lineage["params_digest"]}`; the values (as recorded in dvc.lock) in the
-  registering run's `params.json`.
+- Params: digest `{lineage["params_digest"]}`; the values are the registering run's `params.json`,
+  and what each stage was built with its `dvc.lock`.
 
 ## Results on the test split ({metrics["test_rows"]:,} rows)
 

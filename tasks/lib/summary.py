@@ -34,10 +34,20 @@ def mlflow_ui(tracking_uri: str) -> str:
     return tracking_uri.rstrip("/") if tracking_uri.startswith("http") else MLFLOW_UI
 
 
+# MLflow 3.17's UI shows every experiment in its GenAI view (traces, token usage) unless the
+# page asks for the model-training one; the experiment's own kind tag is not consulted.
+TRAINING_VIEW = "?workflowType=machine_learning"
+
+
+def experiment_url(tracking_uri: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI."""
+    return f"{mlflow_ui(tracking_uri)}/#/experiments/{experiment_id}{TRAINING_VIEW}"
+
+
 def run_url(tracking_uri: str, experiment_id: str, run_id: str, artifact: str | None = None) -> str:
     """A run's page in the MLflow UI, or one of its artifacts opened in the artifact viewer."""
-    url = f"{mlflow_ui(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"{url}/artifacts/{artifact}" if artifact else url
+    page = f"/runs/{run_id}" + (f"/artifacts/{artifact}" if artifact else "")
+    return f"{mlflow_ui(tracking_uri)}/#/experiments/{experiment_id}{page}{TRAINING_VIEW}"
 
 
 def run_link(tracking_uri: str, experiment_id: str, run_id: str, artifact: str | None = None, text: str = "") -> str:

@@ -15,7 +15,8 @@ from pathlib import Path
 PARENT_ENV = "PIPELINE_PARENT_RUN_ID"
 EXPERIMENT_ENV = "PIPELINE_EXPERIMENT"
 DEFAULT_EXPERIMENT = "text-classifier-pipeline"
-# MLflow's UI opens an experiment without this tag in its GenAI view (traces, token usage).
+# What the experiment holds, for MLflow's UI (3.17 also needs the page to ask for its training
+# view: tasks/lib/summary.py, TRAINING_VIEW).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 PARENT_TAG = "pipeline.parent"  # on a pipeline flow's parent run: its name says what ran, this finds it
 DIGITS = 4  # metrics are logged rounded: 0.7597, not 0.7597402597402597

