@@ -205,19 +205,6 @@ def _examples(texts: list[str]) -> str:
     return "<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in texts) + "</ul>" if texts else ""
 
 
-def _rows_html(headers: list[str], rows: list[list], ok: list[bool] | None = None, caption: str = "") -> str:
-    """A table whose last column is already HTML (example lists)."""
-    esc = html.escape
-    body = "".join(
-        f"<tr class='{'' if ok is None else ('ok' if ok[i] else 'bad')}'>"
-        + "".join(f"<td>{esc('' if v is None else str(v))}</td>" for v in row[:-1])
-        + f"<td>{row[-1]}</td></tr>"
-        for i, row in enumerate(rows)
-    )
-    cap = f"<caption>{esc(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<tr>{''.join(f'<th>{esc(h)}</th>' for h in headers)}</tr>{body}</table>"
-
-
 def render_report(
     checks: list[Check], contract: list[dict], quarantined: list[dict], ingest_stats: dict, ident: dict[str, str],
     labels: list[str], first_version: bool,
@@ -270,11 +257,11 @@ def render_report(
 {table(["step", "rows"], cleaning, caption="What ingest read and cleaned, in order")}
 {table(["split", "rows", *labels], splits, caption="Rows per split and label, before quarantine")}
 <h2>Quarantined rows</h2>
-{_rows_html(["reason", "rows", *SPLITS, "examples"], quarantine_rows, caption="Rows that break a row rule, by reason and split") if quarantine_rows else "<p>None.</p>"}
+{table(["reason", "rows", *SPLITS, "examples"], quarantine_rows, caption="Rows that break a row rule, by reason and split", html_last=True) if quarantine_rows else "<p>None.</p>"}
 <h2>Contract and drift</h2>{first}
 {table(["check", "previous version", "this version", "measured", "limit", "result"], contract_rows, [c["success"] for c in contract], caption="Against the previous accepted version of the same source")}
 <h2>Great Expectations suite</h2>
-{_rows_html(["split", "expectation", "limit", "result", "observed", "unexpected rows", "failing examples"], expectation_rows, [c.success for c in checks], caption="On the accepted rows of each split")}
+{table(["split", "expectation", "limit", "result", "observed", "unexpected rows", "failing examples"], expectation_rows, [c.success for c in checks], caption="On the accepted rows of each split", html_last=True)}
 <p>The unlabelled text pretraining reads is reported by the corpus and tokenize stages: <a href="../corpus/index.html">corpus report</a>.</p>"""
     return page(f"Data validation: {verdict}", body)
 

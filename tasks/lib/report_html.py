@@ -36,13 +36,20 @@ def embedded_png(path: Path, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 
 
-def table(headers: list[str], rows: list[list], row_ok: list[bool] | None = None, caption: str = "") -> str:
+def table(
+    headers: list[str], rows: list[list], row_ok: list[bool] | None = None, caption: str = "", html_last: bool = False
+) -> str:
+    """An HTML table; with `html_last`, each row's last cell is already HTML (a list of examples)."""
     esc = html.escape
+
+    def cells(row: list) -> str:
+        plain = row[:-1] if html_last else row
+        out = "".join(f"<td>{esc('' if v is None else str(v))}</td>" for v in plain)
+        return out + (f"<td>{row[-1]}</td>" if html_last else "")
+
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = "".join(
-        f"<tr class='{'' if row_ok is None else ('ok' if row_ok[i] else 'bad')}'>"
-        + "".join(f"<td>{esc('' if v is None else str(v))}</td>" for v in row)
-        + "</tr>"
+        f"<tr class='{'' if row_ok is None else ('ok' if row_ok[i] else 'bad')}'>{cells(row)}</tr>"
         for i, row in enumerate(rows)
     )
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
