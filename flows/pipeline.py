@@ -299,9 +299,10 @@ def registered(root: Path, params) -> bool:
     return held
 
 
-def finish_parent_run(root: Path, params, results: list[dict]) -> None:
+def finish_parent_run(root: Path, params, results: list[dict]) -> tuple[dict, dict]:
     """What the parent run shows once every stage is done: its name says what ran; the headline
-    metrics, the dvc.lock, the versioned evaluation report; and the Prefect summary artifact."""
+    metrics, the dvc.lock, the versioned evaluation report; and the Prefect summary artifact.
+    Returns the metrics and the registration record."""
     import mlflow
 
     from tasks.lib.evaluation_report import headline, log_versioned_report
@@ -336,6 +337,7 @@ def finish_parent_run(root: Path, params, results: list[dict]) -> None:
         key="pipeline-summary",
         description="What ran, the test scores beside the champion's and the baseline's, and the registered version.",
     )
+    return metrics, registered
 
 
 def fail_parent_run(params, stage: str) -> None:
@@ -434,9 +436,7 @@ def pipeline(
                 return results
             pushed = dvc_push(str(root_path))
             logger.info("pushed %d file(s) to the DVC remote", pushed)
-            finish_parent_run(root_path, params, results)
-        metrics = read_json(catalog.at(root_path, catalog.METRICS))
-        registered = read_json(catalog.at(root_path, catalog.REGISTERED))
+            metrics, registered = finish_parent_run(root_path, params, results)
         init = read_json(catalog.at(root_path, catalog.FINETUNED / catalog.META))["init"]
     return {
         "results": results,

@@ -17,7 +17,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from tasks.lib import catalog
 from tasks.lib.common import atomic_dir, run_stage, write_json_atomic
 from tasks.lib.config import Params, load_params
-from tasks.lib.evaluation_report import BASELINE_IMAGE, MODEL_IMAGE, headline, write_report
+from tasks.lib.evaluation_report import SIDES, headline, write_report
 from tasks.lib.label_budget import budget_rows, sample_seed
 from tasks.lib.lineage import identity
 from tasks.lib.tracking import PARENT_ENV, log_metrics, stage_run
@@ -115,10 +115,7 @@ def evaluate(params: Params, runs: dict[str, str] | None = None) -> dict:
     base = classification_metrics(y, base_proba, labels, params.evaluate.ece_bins)
     metrics = {"test": ours, "baseline": base, "test_rows": int(len(y)), "labelled_rows": int(len(train_df))}
     with atomic_dir(catalog.EVALUATION_REPORT) as tmp:
-        for name, p, image in (
-            ("fine-tuned model", proba, MODEL_IMAGE),
-            ("TF-IDF baseline", base_proba, BASELINE_IMAGE),
-        ):
+        for (_, name, image), p in zip(SIDES, (proba, base_proba), strict=True):
             plot_confusion(confusion_matrix(y, p.argmax(1), labels=range(len(labels))), labels, tmp / image, name)
         write_report(tmp, identity(params, None, runs or {}), metrics)
         # `dvc plots show` draws its confusion matrix from the actual/predicted columns.
@@ -129,9 +126,8 @@ def evaluate(params: Params, runs: dict[str, str] | None = None) -> dict:
 
 def per_class_table(metrics: dict) -> dict[str, list]:
     """Per-class precision, recall, F1 and support of the model and the baseline, as columns."""
-    rows = [(side, c, v) for side in ("test", "baseline") for c, v in metrics[side]["per_class"].items()]
-    columns = {"model": ["fine-tuned" if s == "test" else "TF-IDF baseline" for s, _, _ in rows],
-               "class": [c for _, c, _ in rows]}  # fmt: skip
+    rows = [(name, c, v) for side, name, _ in SIDES for c, v in metrics[side]["per_class"].items()]
+    columns = {"model": [name for name, _, _ in rows], "class": [c for _, c, _ in rows]}
     for k in ("precision", "recall", "f1", "support"):
         columns[k] = [round(v[k], 4) for _, _, v in rows]
     return columns

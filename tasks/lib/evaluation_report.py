@@ -13,7 +13,11 @@ from tasks.lib import catalog
 from tasks.lib.common import read_json
 from tasks.lib.lineage import identity
 
-MODEL_IMAGE, BASELINE_IMAGE = "confusion_matrix.png", "baseline_confusion_matrix.png"
+# The two sides of every comparison: the metrics key, the name a person reads, the confusion-matrix image.
+SIDES = (
+    ("test", "fine-tuned model", "confusion_matrix.png"),
+    ("baseline", "TF-IDF + logistic regression", "baseline_confusion_matrix.png"),
+)
 
 
 def verdict(model: dict, baseline: dict) -> tuple[bool, str]:
@@ -36,8 +40,8 @@ def render_report(metrics: dict, ident: dict[str, str], folder: Path) -> str:
     ok, said = verdict(model, baseline)
     overall = table(
         ["", "accuracy", "macro-F1", "ECE"],
-        [[name, f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}", f"{m['ece']:.4f}"]
-         for name, m in (("fine-tuned model", model), ("TF-IDF + logistic regression", baseline))],
+        [[name, f"{metrics[side]['accuracy']:.4f}", f"{metrics[side]['macro_f1']:.4f}", f"{metrics[side]['ece']:.4f}"]
+         for side, name, _ in SIDES],
         caption=f"Test split: {metrics['test_rows']:,} rows; both trained on {metrics['labelled_rows']:,} labelled rows",
     )  # fmt: skip
     per_class = "".join(
@@ -45,16 +49,16 @@ def render_report(metrics: dict, ident: dict[str, str], folder: Path) -> str:
             ["class", "precision", "recall", "F1", "support (test rows)"],
             [
                 [c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
-                for c, v in m["per_class"].items()
+                for c, v in metrics[side]["per_class"].items()
             ],
             caption=f"Per class: {name}",
         )  # fmt: skip
-        for name, m in (("fine-tuned model", model), ("TF-IDF + logistic regression", baseline))
+        for side, name, _ in SIDES
     )
     figures = "".join(
         f"<figure>{embedded_png(folder / image, f'{name} confusion matrix')}"
         f"<figcaption>{name}: rows are the true labels, columns the predicted ones</figcaption></figure>"
-        for name, image in (("fine-tuned model", MODEL_IMAGE), ("TF-IDF baseline", BASELINE_IMAGE))
+        for _, name, image in SIDES
     )
     body = f"""<h1 class="{"pass" if ok else "fail"}">Evaluation on the test split</h1>
 <p class="verdict">{html.escape(said)}</p>
@@ -94,6 +98,7 @@ def log_versioned_report(params, version: str | None, runs: dict[str, str], root
 def headline(metrics: dict) -> dict:
     """The numbers worth a chart: overall scores of the model and the baseline, and the row
     counts; per-class scores and supports go in the `per_class` table instead."""
-    return {
-        f"{side}.{k}": metrics[side][k] for side in ("test", "baseline") for k in ("accuracy", "macro_f1", "ece")
-    } | {"test_rows": metrics["test_rows"], "labelled_rows": metrics["labelled_rows"]}
+    return {f"{side}.{k}": metrics[side][k] for side, _, _ in SIDES for k in ("accuracy", "macro_f1", "ece")} | {
+        "test_rows": metrics["test_rows"],
+        "labelled_rows": metrics["labelled_rows"],
+    }

@@ -51,22 +51,23 @@ def restore(client, name: str, version: str, root: Path = Path(".")) -> dict[str
     lock_text = version_lock(client, name, version)
     lock_file = catalog.at(root, catalog.DVC_LOCK)
     previous = lock_file.read_text() if lock_file.exists() else None
-    lock_file.write_text(lock_text)
-    expected = {str(p): out_hash(p, lock_file) for p in RESTORED}
     try:
+        lock_file.write_text(lock_text)
+        expected = {str(p): out_hash(p, lock_file) for p in RESTORED}
         if unknown := [p for p, h in expected.items() if h == "unknown"]:
             raise RestoreError(f"the dvc.lock of version {version} records no hash for {', '.join(unknown)}")
-        with Repo(str(root)) as repo:
-            repo.pull(targets=[str(catalog.at(root, Path(p))) for p in expected], force=True)
+        try:
+            with Repo(str(root)) as repo:
+                repo.pull(targets=[str(catalog.at(root, Path(p))) for p in expected], force=True)
+        except DvcException as err:
+            raise RestoreError(f"could not pull version {version}'s outputs from the DVC remote: {err}") from err
         actual = workspace_hashes(root, expected)
         if wrong := {p: h for p, h in actual.items() if h != expected[p]}:
             raise RestoreError(f"restored outputs differ from version {version}'s record: {wrong}")
-    except (DvcException, RestoreError) as err:
+    except BaseException:  # whatever went wrong, the workspace keeps its own record
         if previous is None:
-            lock_file.unlink()
+            lock_file.unlink(missing_ok=True)
         else:
             lock_file.write_text(previous)
-        if isinstance(err, RestoreError):
-            raise
-        raise RestoreError(f"could not pull version {version}'s outputs from the DVC remote: {err}") from err
+        raise
     return expected
