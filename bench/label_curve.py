@@ -59,15 +59,20 @@ PRETRAININGS = {
     "mlm-mask40to15": {"pretrain.objective": "mlm", "pretrain.mask_prob": 0.4, "pretrain.mask_prob_final": 0.15},
     "electra-mask25": {"pretrain.objective": "electra", "pretrain.mask_prob": 0.25},
 }
-# curve model -> (the pretraining whose data and LM it uses, finetune.init)
+# Discriminative fine-tuning (ULMFiT's 2.6): each lower layer group learns at lr / 2.6, so a
+# small label budget moves the pretrained body less than the new head.
+LR_DECAY = {"finetune.lr_decay": 2.6}
+# curve model -> (the pretraining whose data and LM it uses, finetune.init, finetune overrides)
 MODELS = {
-    "scratch": ("mlm", "scratch"),
-    "mlm": ("mlm", "pretrained"),
-    "electra": ("electra", "pretrained"),
-    "adapted": ("adapted", "pretrained"),
-    **{name: (name, "pretrained") for name in ("mlm-mask40", "mlm-mask40to15", "electra-mask25")},
+    "scratch": ("mlm", "scratch", {}),
+    "mlm": ("mlm", "pretrained", {}),
+    "electra": ("electra", "pretrained", {}),
+    "adapted": ("adapted", "pretrained", {}),
+    **{name: (name, "pretrained", {}) for name in ("mlm-mask40", "mlm-mask40to15", "electra-mask25")},
+    "mlm-lrdecay": ("mlm", "pretrained", LR_DECAY),
+    "adapted-lrdecay": ("adapted", "pretrained", LR_DECAY),
 }
-CURVE_MODELS = ("scratch", "mlm", "electra", "adapted")  # the issue's curve; the others measure masking
+CURVE_MODELS = ("scratch", "mlm", "electra", "adapted")  # the issue's curve; the others measure masking, lr decay
 LABELS = {
     "tfidf": "TF-IDF + LR",
     "scratch": "Transformer, from scratch",
@@ -77,8 +82,11 @@ LABELS = {
     "mlm-mask40": "MLM, 40% masked",
     "mlm-mask40to15": "MLM, 40% falling to 15%",
     "electra-mask25": "ELECTRA, 25% masked",
+    "mlm-lrdecay": "MLM, lr decay 2.6",
+    "adapted-lrdecay": "adapted, lr decay 2.6",
 }
-PRETRAINED = ("mlm", "electra", "adapted")  # the models the targets take the best of
+# the models the targets take the best of (by validation score): every pretrained one that ran
+PRETRAINED = tuple(m for m, (_, init, _) in MODELS.items() if init == "pretrained")
 
 
 def _set(document, dotted: str, value) -> None:
@@ -160,8 +168,15 @@ def job_key(profile: str, model: str, budget: int | None, seed: int) -> str:
     return f"{profile}/{model}/{budget or 'all'}/seed{seed}"
 
 
+def job_overrides(profile: str, model: str, budget: int | None, seed: int, threads: int) -> dict:
+    """A job's params: its pretraining's (so the folder it links matches), then its fine-tuning's."""
+    pretraining, init, finetuning = MODELS[model]
+    return {**pretraining_overrides(profile, pretraining), "finetune.init": init, "finetune.seed": seed,
+            "finetune.max_labels": budget, "finetune.threads": threads, **finetuning}  # fmt: skip
+
+
 def run_job(profile: str, model: str, budget: int | None, seed: int, threads: int) -> dict:
-    pretraining, init = MODELS[model]
+    pretraining = MODELS[model][0]
     source = WORK / profile / pretraining
     folder = WORK / profile / "jobs" / job_key(profile, model, budget, seed).split("/", 1)[1].replace("/", "-")
     shutil.rmtree(folder, ignore_errors=True)
@@ -169,9 +184,7 @@ def run_job(profile: str, model: str, budget: int | None, seed: int, threads: in
     (folder / "data").symlink_to(source / "data")
     for name in ("pretrained", "tokenizer"):
         (folder / "checkpoints" / name).symlink_to(source / "checkpoints" / name)
-    overrides = {**pretraining_overrides(profile, pretraining), "finetune.init": init, "finetune.seed": seed,
-                 "finetune.max_labels": budget, "finetune.threads": threads}  # fmt: skip
-    write_params(folder, profile, overrides)
+    write_params(folder, profile, job_overrides(profile, model, budget, seed, threads))
     start = time.perf_counter()
     run_here(folder, JOB, threads)
     record = collect(profile, model, budget, seed, folder, source, time.perf_counter() - start)
@@ -356,12 +369,13 @@ def tables(summary: dict) -> list[str]:
             if any(row):
                 lines.append(f"| {LABELS[model]} | " + " | ".join(
                     f"{c['acc']:.4f} ± {c['sd']:.4f} (n={c['n']})" if c else "not run" for c in row) + " |")  # fmt: skip
-        lines += ["", "Pretrainings (one per model, seed " + str(PRETRAIN_SEED) + "):", ""]
-        for model in PRETRAINED:
-            c = next((summary[k] for k in summary if k[:2] == (profile, model)), None)
+        lines += ["", "Pretrainings (one per language model, seed " + str(PRETRAIN_SEED) + "):", ""]
+        for name in PRETRAININGS:
+            c = next((summary[k] for k in summary if k[0] == profile and k[1] in MODELS
+                      and MODELS[k[1]][:2] == (name, "pretrained")), None)  # fmt: skip
             if c and (p := c["pretraining"]):
                 start = f", from {p['init_from']}" if p.get("init_from") else ""
-                lines.append(f"- {LABELS[model]}: {p['objective']}, {p['step']} steps, {p['tokens_seen']:,} tokens, "
+                lines.append(f"- `{name}`: {p['objective']}, {p['step']} steps, {p['tokens_seen']:,} tokens, "
                              f"{p['wall_s'] / 60:.1f} min on {p['threads']} thread(s){start}, validation loss "
                              f"{p['val_loss']:.3f}")  # fmt: skip
         rows = {b: next(c["rows"] for k, c in summary.items() if k[0] == profile and k[2] == b) for b in budgets}

@@ -77,8 +77,20 @@ def test_label_curve_targets_table_and_plots(tmp_path):
     )
     assert "best pretrained is MLM-pretrained at 0.8400; target **missed by 1.00 points**" in text
     assert "Labelled rows per budget: 100 = 100, all = 6,000" in text
+    assert "- `mlm`: mlm, 1500 steps, 6,000,000 tokens, 4.0 min on 1 thread(s), validation loss 6.100" in text
     paths = label_curve.plot(summary, tmp_path)
     assert [p.name for p in paths] == ["label_curve_sst2.png"] and paths[0].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_fine_tuning_variant_shares_its_pretraining_and_adds_its_knobs():
+    plain = label_curve.job_overrides("sst2", "mlm", 100, 2, threads=1)
+    variant = label_curve.job_overrides("sst2", "mlm-lrdecay", 100, 2, threads=1)
+    assert variant == {**plain, "finetune.lr_decay": 2.6}
+    assert plain["finetune.init"] == "pretrained" and plain["finetune.max_labels"] == 100
+    assert plain["finetune.seed"] == 2 and plain["seed"] == label_curve.PRETRAIN_SEED
+    scratch = label_curve.job_overrides("sst2", "scratch", None, 1, threads=1)
+    assert scratch["finetune.init"] == "scratch" and scratch["pretrain.objective"] == "mlm"
+    assert "mlm-lrdecay" in label_curve.PRETRAINED and "scratch" not in label_curve.PRETRAINED
 
 
 def test_finished_runs_are_read_back_and_skipped(tmp_path):
