@@ -60,15 +60,16 @@ PRETRAININGS = {
     "electra-mask25": {"pretrain.objective": "electra", "pretrain.mask_prob": 0.25},
 }
 # Discriminative fine-tuning (ULMFiT's 2.6): each lower layer group learns at lr / 2.6, so a
-# small label budget moves the pretrained body less than the new head.
-LR_DECAY = {"finetune.lr_decay": 2.6}
+# small label budget moves the pretrained body less than the new head. Set on every pretrained
+# model, so a record does not depend on the default (the scratch control ignores it).
+LR_DECAY, ONE_LR = {"finetune.lr_decay": 2.6}, {"finetune.lr_decay": 1.0}
 # curve model -> (the pretraining whose data and LM it uses, finetune.init, finetune overrides)
 MODELS = {
     "scratch": ("mlm", "scratch", {}),
-    "mlm": ("mlm", "pretrained", {}),
-    "electra": ("electra", "pretrained", {}),
-    "adapted": ("adapted", "pretrained", {}),
-    **{name: (name, "pretrained", {}) for name in ("mlm-mask40", "mlm-mask40to15", "electra-mask25")},
+    "mlm": ("mlm", "pretrained", ONE_LR),
+    "electra": ("electra", "pretrained", ONE_LR),
+    "adapted": ("adapted", "pretrained", ONE_LR),
+    **{name: (name, "pretrained", ONE_LR) for name in ("mlm-mask40", "mlm-mask40to15", "electra-mask25")},
     "mlm-lrdecay": ("mlm", "pretrained", LR_DECAY),
     "adapted-lrdecay": ("adapted", "pretrained", LR_DECAY),
 }

@@ -85,7 +85,7 @@ def test_label_curve_targets_table_and_plots(tmp_path):
 def test_a_fine_tuning_variant_shares_its_pretraining_and_adds_its_knobs():
     plain = label_curve.job_overrides("sst2", "mlm", 100, 2, threads=1)
     variant = label_curve.job_overrides("sst2", "mlm-lrdecay", 100, 2, threads=1)
-    assert variant == {**plain, "finetune.lr_decay": 2.6}
+    assert variant == {**plain, "finetune.lr_decay": 2.6} and plain["finetune.lr_decay"] == 1.0
     assert plain["finetune.init"] == "pretrained" and plain["finetune.max_labels"] == 100
     assert plain["finetune.seed"] == 2 and plain["seed"] == label_curve.PRETRAIN_SEED
     scratch = label_curve.job_overrides("sst2", "scratch", None, 1, threads=1)
