@@ -60,12 +60,12 @@ PRETRAININGS = {
     "electra-mask25": {"pretrain.objective": "electra", "pretrain.mask_prob": 0.25},
 }
 # Discriminative fine-tuning (ULMFiT's 2.6): each lower layer group learns at lr / 2.6, so a
-# small label budget moves the pretrained body less than the new head. Set on every pretrained
-# model, so a record does not depend on the default (the scratch control ignores it).
+# small label budget moves the pretrained body less than the new head. Every model sets it, so
+# a record does not depend on the params.yaml default.
 LR_DECAY, ONE_LR = {"finetune.lr_decay": 2.6}, {"finetune.lr_decay": 1.0}
 # curve model -> (the pretraining whose data and LM it uses, finetune.init, finetune overrides)
 MODELS = {
-    "scratch": ("mlm", "scratch", {}),
+    "scratch": ("mlm", "scratch", ONE_LR),
     "mlm": ("mlm", "pretrained", ONE_LR),
     "electra": ("electra", "pretrained", ONE_LR),
     "adapted": ("adapted", "pretrained", ONE_LR),

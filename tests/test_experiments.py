@@ -90,6 +90,7 @@ def test_a_fine_tuning_variant_shares_its_pretraining_and_adds_its_knobs():
     assert plain["finetune.seed"] == 2 and plain["seed"] == label_curve.PRETRAIN_SEED
     scratch = label_curve.job_overrides("sst2", "scratch", None, 1, threads=1)
     assert scratch["finetune.init"] == "scratch" and scratch["pretrain.objective"] == "mlm"
+    assert all("finetune.lr_decay" in knobs for _, _, knobs in label_curve.MODELS.values())
     assert "mlm-lrdecay" in label_curve.PRETRAINED and "scratch" not in label_curve.PRETRAINED
 
 
