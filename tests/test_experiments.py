@@ -64,7 +64,7 @@ def test_label_curve_targets_table_and_plots(tmp_path):
                  _job("sst2", "scratch", None, seed, 0.83 + jitter, tfidf=0.82)]  # fmt: skip
     summary = label_curve.cells(jobs)
     assert summary[("sst2", "tfidf", 100)]["acc"] == 0.70 and summary[("sst2", "mlm", 100)]["n"] == 3
-    text = label_curve.report(jobs)
+    text = label_curve.report(jobs, tmp_path)  # plots go to tmp_path, never into docs/
     # 100 labels: +15 points over scratch and +5 over TF-IDF against a spread of 1: met.
     assert (
         "| sst2 | 100 | MLM-pretrained (0.7500) | +15.00 (1.00) | > 2× spread | +5.00 (1.00) | > 2× spread | yes |"
@@ -76,6 +76,11 @@ def test_label_curve_targets_table_and_plots(tmp_path):
         in text
     )
     assert "best pretrained is MLM-pretrained at 0.8400; target **missed by 1.00 points**" in text
+    one_seed = label_curve.report([j for j in jobs if j["seed"] == 1], tmp_path)  # no spread: not judged
+    assert (
+        "| sst2 | 100 | MLM-pretrained (0.7400) | +15.00 (0.00) | > 2× spread | +4.00 (0.00) | > 2× spread | not judged (one seed) |"
+        in one_seed
+    )
     assert "Labelled rows per budget: 100 = 100, all = 6,000" in text
     assert "- `mlm`: mlm, 1500 steps, 6,000,000 tokens, 4.0 min on 1 thread(s), validation loss 6.100" in text
     paths = label_curve.plot(summary, tmp_path)
