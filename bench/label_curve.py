@@ -60,9 +60,13 @@ PRETRAININGS = {
     "electra-mask25": {"pretrain.objective": "electra", "pretrain.mask_prob": 0.25},
 }
 # Discriminative fine-tuning (ULMFiT's 2.6): each lower layer group learns at lr / 2.6, so a
-# small label budget moves the pretrained body less than the new head. Every model sets it, so
-# a record does not depend on the params.yaml default.
-LR_DECAY, ONE_LR = {"finetune.lr_decay": 2.6}, {"finetune.lr_decay": 1.0}
+# small label budget moves the pretrained body less than the new head. Gradual unfreezing
+# (ULMFiT): the head alone for the first evaluation interval, one more layer group each interval
+# after, one lr; it protects the body early only, whatever the budget. Every model sets both
+# knobs, so a record does not depend on the params.yaml defaults.
+ONE_LR = {"finetune.lr_decay": 1.0, "finetune.gradual_unfreeze": False}
+LR_DECAY = {**ONE_LR, "finetune.lr_decay": 2.6}
+UNFREEZE = {**ONE_LR, "finetune.gradual_unfreeze": True}
 # curve model -> (the pretraining whose data and LM it uses, finetune.init, finetune overrides)
 MODELS = {
     "scratch": ("mlm", "scratch", ONE_LR),
@@ -72,6 +76,8 @@ MODELS = {
     **{name: (name, "pretrained", ONE_LR) for name in ("mlm-mask40", "mlm-mask40to15", "electra-mask25")},
     "mlm-lrdecay": ("mlm", "pretrained", LR_DECAY),
     "adapted-lrdecay": ("adapted", "pretrained", LR_DECAY),
+    "mlm-unfreeze": ("mlm", "pretrained", UNFREEZE),
+    "adapted-unfreeze": ("adapted", "pretrained", UNFREEZE),
 }
 CURVE_MODELS = ("scratch", "mlm", "electra", "adapted")  # the curve; the others measure masking, lr decay
 LABELS = {
@@ -85,6 +91,8 @@ LABELS = {
     "electra-mask25": "ELECTRA, 25% masked",
     "mlm-lrdecay": "MLM, lr decay 2.6",
     "adapted-lrdecay": "adapted, lr decay 2.6",
+    "mlm-unfreeze": "MLM, gradual unfreezing",
+    "adapted-unfreeze": "adapted, gradual unfreezing",
 }
 # the models the targets take the best of (by validation score): every pretrained one that ran
 PRETRAINED = tuple(m for m, (_, init, _) in MODELS.items() if init == "pretrained")

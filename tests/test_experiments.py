@@ -91,11 +91,15 @@ def test_a_fine_tuning_variant_shares_its_pretraining_and_adds_its_knobs():
     plain = label_curve.job_overrides("sst2", "mlm", 100, 2, threads=1)
     variant = label_curve.job_overrides("sst2", "mlm-lrdecay", 100, 2, threads=1)
     assert variant == {**plain, "finetune.lr_decay": 2.6} and plain["finetune.lr_decay"] == 1.0
+    unfreeze = label_curve.job_overrides("sst2", "mlm-unfreeze", 100, 2, threads=1)
+    assert unfreeze == {**plain, "finetune.gradual_unfreeze": True} and plain["finetune.gradual_unfreeze"] is False
     assert plain["finetune.init"] == "pretrained" and plain["finetune.max_labels"] == 100
     assert plain["finetune.seed"] == 2 and plain["seed"] == label_curve.PRETRAIN_SEED
     scratch = label_curve.job_overrides("sst2", "scratch", None, 1, threads=1)
     assert scratch["finetune.init"] == "scratch" and scratch["pretrain.objective"] == "mlm"
-    assert all("finetune.lr_decay" in knobs for _, _, knobs in label_curve.MODELS.values())
+    assert all(
+        {"finetune.lr_decay", "finetune.gradual_unfreeze"} <= knobs.keys() for *_, knobs in label_curve.MODELS.values()
+    )
     assert "mlm-lrdecay" in label_curve.PRETRAINED and "scratch" not in label_curve.PRETRAINED
 
 
