@@ -274,13 +274,25 @@ def cells(records: list[dict]) -> dict:
             "n": len(rs), "acc": statistics.fmean(acc), "sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
             "val": statistics.fmean(r["best_val_macro_f1"] for r in rs),
             "rows": rs[0]["labelled_rows"], "finetune_s": statistics.fmean(r["finetune_s"] for r in rs),
-            "steps": statistics.fmean(r["best_step"] for r in rs), "pretraining": rs[0]["pretraining"],
+            "steps": statistics.fmean(r["best_step"] for r in rs), "pretrainings": builds(r["pretraining"] for r in rs),
         }  # fmt: skip
         tfidf = {r["tfidf_accuracy"] for r in rs}
         out.setdefault((profile, "tfidf", budget), {"n": 1, "acc": tfidf.pop(), "sd": 0.0, "val": None,
                                                     "rows": rs[0]["labelled_rows"],
-                                                    "finetune_s": 0.0, "steps": 0, "pretraining": None})  # fmt: skip
+                                                    "finetune_s": 0.0, "steps": 0, "pretrainings": []})  # fmt: skip
     return out
+
+
+def builds(pretrainings) -> list[dict]:
+    """The distinct language models among `pretrainings`, in order. Two builds are the same model
+    when all but their cost agree: a rebuild (say, of its base model) that changes the weights
+    shows up as a second build, one that reproduces them does not."""
+    out: dict = {}
+    for p in pretrainings:
+        if p:
+            weights = {k: v for k, v in p.items() if k not in ("wall_s", "threads")}
+            out.setdefault(json.dumps(weights, sort_keys=True), p)
+    return list(out.values())
 
 
 def plot(summary: dict, out_dir: Path = PLOTS) -> list[Path]:
@@ -292,14 +304,16 @@ def plot(summary: dict, out_dir: Path = PLOTS) -> list[Path]:
     paths = []
     for profile in sorted({k[0] for k in summary}):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for i, model in enumerate(LABELS):
+        shown = [m for m in LABELS if (profile, m) in {k[:2] for k in summary}]
+        colours = plt.get_cmap("tab10" if len(shown) <= 10 else "tab20").colors  # no two lines alike
+        for i, model in enumerate(shown):
             points = sorted((c["rows"], c["acc"], c["sd"]) for k, c in summary.items() if k[:2] == (profile, model))
-            if not points:
-                continue
             x, y, sd = (list(v) for v in zip(*points, strict=True))
-            ax.plot(x, y, marker="o", color=f"C{i}", label=LABELS[model], linestyle="--" if model == "tfidf" else "-")
+            ax.plot(
+                x, y, marker="o", color=colours[i], label=LABELS[model], linestyle="--" if model == "tfidf" else "-"
+            )
             ax.fill_between(x, [a - s for a, s in zip(y, sd, strict=True)], [a + s for a, s in zip(y, sd, strict=True)],
-                            color=f"C{i}", alpha=0.2)  # fmt: skip
+                            color=colours[i], alpha=0.2)  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel("labelled training rows (log scale)")
         ax.set_ylabel("test accuracy (mean, band: ± sd over seeds)")
@@ -381,15 +395,15 @@ def tables(summary: dict) -> list[str]:
             if any(row):
                 lines.append(f"| {LABELS[model]} | " + " | ".join(
                     f"{c['acc']:.4f} ± {c['sd']:.4f} (n={c['n']})" if c else "not run" for c in row) + " |")  # fmt: skip
-        lines += ["", "Pretrainings (one per language model, seed " + str(PRETRAIN_SEED) + "):", ""]
+        lines += ["", f"Pretrainings (seed {PRETRAIN_SEED}; a language model built twice is listed twice):", ""]
         for name in PRETRAININGS:
-            c = next((summary[k] for k in summary if k[0] == profile and k[1] in MODELS
-                      and MODELS[k[1]][:2] == (name, "pretrained")), None)  # fmt: skip
-            if c and (p := c["pretraining"]):
+            used = [c for k, c in summary.items() if k[0] == profile and k[1] in MODELS
+                    and MODELS[k[1]][:2] == (name, "pretrained")]  # fmt: skip
+            for p in builds(p for c in used for p in c["pretrainings"]):
                 start = f", from {p['init_from']}" if p.get("init_from") else ""
                 lines.append(f"- `{name}`: {p['objective']}, {p['step']} steps, {p['tokens_seen']:,} tokens, "
                              f"{p['wall_s'] / 60:.1f} min on {p['threads']} thread(s){start}, validation loss "
-                             f"{p['val_loss']:.3f}")  # fmt: skip
+                             f"{p['val_loss']:.4f}")  # fmt: skip
         rows = {b: next(c["rows"] for k, c in summary.items() if k[0] == profile and k[2] == b) for b in budgets}
         lines += ["", "Labelled rows per budget: " + ", ".join(f"{b or 'all'} = {r:,}" for b, r in rows.items()), ""]
     return lines
