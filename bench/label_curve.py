@@ -403,7 +403,7 @@ def tables(summary: dict) -> list[str]:
                 start = f", from {p['init_from']}" if p.get("init_from") else ""
                 lines.append(f"- `{name}`: {p['objective']}, {p['step']} steps, {p['tokens_seen']:,} tokens, "
                              f"{p['wall_s'] / 60:.1f} min on {p['threads']} thread(s){start}, validation loss "
-                             f"{p['val_loss']:.4f}")  # fmt: skip
+                             f"{p['val_loss']:.5f}")  # fmt: skip
         rows = {b: next(c["rows"] for k, c in summary.items() if k[0] == profile and k[2] == b) for b in budgets}
         lines += ["", "Labelled rows per budget: " + ", ".join(f"{b or 'all'} = {r:,}" for b, r in rows.items()), ""]
     return lines

@@ -82,13 +82,13 @@ def test_label_curve_targets_table_and_plots(tmp_path):
         in one_seed
     )
     assert "Labelled rows per budget: 100 = 100, all = 6,000" in text
-    assert "- `mlm`: mlm, 1500 steps, 6,000,000 tokens, 4.0 min on 1 thread(s), validation loss 6.1000" in text
+    assert "- `mlm`: mlm, 1500 steps, 6,000,000 tokens, 4.0 min on 1 thread(s), validation loss 6.10000" in text
     rebuilt = _job("sst2", "mlm", 100, 4, 0.75)
     rebuilt["pretraining"] = {**rebuilt["pretraining"], "val_loss": 6.2}  # new weights: a second build
     repeated = _job("sst2", "mlm", 100, 5, 0.75)
     repeated["pretraining"] = {**repeated["pretraining"], "wall_s": 480.0}  # same weights, other cost: the same
     text = label_curve.report([*jobs, rebuilt, repeated], tmp_path)
-    assert text.count("- `mlm`: mlm, 1500 steps") == 2 and "validation loss 6.2000" in text
+    assert text.count("- `mlm`: mlm, 1500 steps") == 2 and "validation loss 6.20000" in text
     paths = label_curve.plot(summary, tmp_path)
     assert [p.name for p in paths] == ["label_curve_sst2.png"] and paths[0].read_bytes()[:4] == b"\x89PNG"
 
