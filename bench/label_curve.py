@@ -79,7 +79,7 @@ MODELS = {
     "mlm-unfreeze": ("mlm", "pretrained", UNFREEZE),
     "adapted-unfreeze": ("adapted", "pretrained", UNFREEZE),
 }
-CURVE_MODELS = ("scratch", "mlm", "electra", "adapted")  # the curve; the others measure masking, lr decay
+CURVE_MODELS = ("scratch", "mlm", "electra", "adapted")  # the curve; the others measure masking, schedules
 LABELS = {
     "tfidf": "TF-IDF + LR",
     "scratch": "Transformer, from scratch",
@@ -304,7 +304,8 @@ def plot(summary: dict, out_dir: Path = PLOTS) -> list[Path]:
     paths = []
     for profile in sorted({k[0] for k in summary}):
         fig, ax = plt.subplots(figsize=(6, 4))
-        shown = [m for m in LABELS if (profile, m) in {k[:2] for k in summary}]
+        present = {k[:2] for k in summary}
+        shown = [m for m in LABELS if (profile, m) in present]
         colours = plt.get_cmap("tab10" if len(shown) <= 10 else "tab20").colors  # no two lines alike
         for i, model in enumerate(shown):
             points = sorted((c["rows"], c["acc"], c["sd"]) for k, c in summary.items() if k[:2] == (profile, model))
@@ -421,8 +422,9 @@ def report(records: list[dict], plots: Path = PLOTS) -> str:
         f"{SPLIT_SEED}, as in `make run`) are the same for every seed and",
         "model; TF-IDF + LR trains on the same rows (one value per budget:",
         "its sample and solver do not depend on the seed). Params: the committed params.yaml with the",
-        "dataset's profile; the models differ only in their pretraining (below), `finetune.init` and",
-        "`finetune.lr_decay` (1, or 2.6 for the models that say so).",
+        "dataset's profile; the models differ only in their pretraining (below), `finetune.init`,",
+        "`finetune.lr_decay` (1, or 2.6 for the models that say so) and `finetune.gradual_unfreeze`",
+        "(on for the models that say so).",
         "",
         "### Targets",
         "",
