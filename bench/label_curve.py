@@ -67,6 +67,9 @@ PRETRAININGS = {
 ONE_LR = {"finetune.lr_decay": 1.0, "finetune.gradual_unfreeze": False}
 LR_DECAY = {**ONE_LR, "finetune.lr_decay": 2.6}
 UNFREEZE = {**ONE_LR, "finetune.gradual_unfreeze": True}
+# No early stop: the whole 3,000-step budget, the best pass kept; it measures whether runs that
+# peak inside the warm-up and stop after `patience` passes would recover as the lr decays.
+NO_STOP = {**ONE_LR, "finetune.patience": 30}
 # curve model -> (the pretraining whose data and LM it uses, finetune.init, finetune overrides)
 MODELS = {
     "scratch": ("mlm", "scratch", ONE_LR),
@@ -78,6 +81,7 @@ MODELS = {
     "adapted-lrdecay": ("adapted", "pretrained", LR_DECAY),
     "mlm-unfreeze": ("mlm", "pretrained", UNFREEZE),
     "adapted-unfreeze": ("adapted", "pretrained", UNFREEZE),
+    "adapted-nostop": ("adapted", "pretrained", NO_STOP),
 }
 CURVE_MODELS = ("scratch", "mlm", "electra", "adapted")  # the curve; the others measure masking, schedules
 LABELS = {
@@ -93,6 +97,7 @@ LABELS = {
     "adapted-lrdecay": "adapted, lr decay 2.6",
     "mlm-unfreeze": "MLM, gradual unfreezing",
     "adapted-unfreeze": "adapted, gradual unfreezing",
+    "adapted-nostop": "adapted, no early stop",
 }
 # the models the targets take the best of (by validation score): every pretrained one that ran
 PRETRAINED = tuple(m for m, (_, init, _) in MODELS.items() if init == "pretrained")
