@@ -67,8 +67,9 @@ PRETRAININGS = {
 ONE_LR = {"finetune.lr_decay": 1.0, "finetune.gradual_unfreeze": False}
 LR_DECAY = {**ONE_LR, "finetune.lr_decay": 2.6}
 UNFREEZE = {**ONE_LR, "finetune.gradual_unfreeze": True}
-# No early stop: the whole 3,000-step budget, the best pass kept; it measures whether runs that
-# peak inside the warm-up and stop after `patience` passes would recover as the lr decays.
+# No early stop: patience 30 passes is params.yaml's whole budget (max_steps / eval_every), the
+# best pass kept; it measures whether runs that peak inside the warm-up and stop after
+# `patience` passes would recover as the lr decays.
 NO_STOP = {**ONE_LR, "finetune.patience": 30}
 # curve model -> (the pretraining whose data and LM it uses, finetune.init, finetune overrides)
 MODELS = {
