@@ -64,6 +64,9 @@ def test_label_curve_targets_table_and_plots(tmp_path):
                  _job("sst2", "scratch", None, seed, 0.83 + jitter, tfidf=0.82)]  # fmt: skip
     summary = label_curve.cells(jobs)
     assert summary[("sst2", "tfidf", 100)]["acc"] == 0.70 and summary[("sst2", "mlm", 100)]["n"] == 3
+    assert summary[("sst2", "tfidf", 100)]["n"] == 1  # one fit, seen in six jobs
+    refit = label_curve.cells([*jobs, _job("sst2", "mlm", 100, 4, 0.75, tfidf=0.72)])[("sst2", "tfidf", 100)]
+    assert refit["n"] == 2 and abs(refit["acc"] - 0.71) < 1e-12 and refit["sd"] > 0  # a fit that landed apart
     text = label_curve.report(jobs, tmp_path)  # plots go to tmp_path, never into docs/
     # 100 labels: +15 points over scratch and +5 over TF-IDF against a spread of 1: met.
     assert (
