@@ -67,10 +67,11 @@ PRETRAININGS = {
 ONE_LR = {"finetune.lr_decay": 1.0, "finetune.gradual_unfreeze": False}
 LR_DECAY = {**ONE_LR, "finetune.lr_decay": 2.6}
 UNFREEZE = {**ONE_LR, "finetune.gradual_unfreeze": True}
-# No early stop: patience 30 passes is params.yaml's whole budget (max_steps / eval_every), the
-# best pass kept; it measures whether runs that peak inside the warm-up and stop after
-# `patience` passes would recover as the lr decays.
-NO_STOP = {**ONE_LR, "finetune.patience": 30}
+# No early stop: patience of as many passes as the whole budget holds (max_steps / eval_every),
+# the best pass kept; it measures whether runs that peak inside the warm-up and stop after
+# `patience` passes would recover as the lr decays. A callable override is computed from the
+# params it is applied to, so the figure follows params.yaml.
+NO_STOP = {**ONE_LR, "finetune.patience": lambda p: p["finetune"]["max_steps"] // p["finetune"]["eval_every"]}
 # curve model -> (the pretraining whose data and LM it uses, finetune.init, finetune overrides)
 MODELS = {
     "scratch": ("mlm", "scratch", ONE_LR),
@@ -122,7 +123,7 @@ def write_params(folder: Path, profile: str, overrides: dict) -> None:
     apply_profile(profile, target, ROOT / catalog.PROFILES)
     document = params_file.read(target)
     for key, value in overrides.items():
-        _set(document, key, value)
+        _set(document, key, value(document) if callable(value) else value)
     params_file.write(document, target)
 
 

@@ -7,6 +7,8 @@ import subprocess
 
 import pytest
 
+from tasks.lib import params_file
+
 from .conftest import ROOT
 
 spec = importlib.util.spec_from_file_location("experiments", ROOT / "bench" / "experiments.py")
@@ -110,6 +112,13 @@ def test_a_fine_tuning_variant_shares_its_pretraining_and_adds_its_knobs():
         {"finetune.lr_decay", "finetune.gradual_unfreeze"} <= knobs.keys() for *_, knobs in label_curve.MODELS.values()
     )
     assert "mlm-lrdecay" in label_curve.PRETRAINED and "scratch" not in label_curve.PRETRAINED
+
+
+def test_the_no_stop_variant_takes_its_patience_from_the_params_it_runs_with(tmp_path):
+    """`adapted-nostop` must cover the whole step budget, whatever params.yaml's budget is."""
+    label_curve.write_params(tmp_path, "sst2", label_curve.job_overrides("sst2", "adapted-nostop", 100, 1, threads=1))
+    finetune = params_file.read(tmp_path / "params.yaml")["finetune"]
+    assert finetune["patience"] == finetune["max_steps"] // finetune["eval_every"] > 5
 
 
 def test_finished_runs_are_read_back_and_skipped(tmp_path):
