@@ -131,7 +131,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     apply_env_defaults()
     procs = start(Path("."), args.mlflow_port, args.prefect_port)
-    signal.signal(signal.SIGTERM, _interrupted)  # `kill` stops both too, as Ctrl-C does
+    # Ctrl-C and `kill` stop both. SIGINT's handler is set too: a process started as a background
+    # job of a script inherits SIGINT ignored, and Python then installs no handler of its own.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupted)
     print(f"MLflow UI:  {runs_table(Path('.'), args.mlflow_port)}   (runs, metrics, reports, the model registry)")
     print(f"Prefect UI: http://{HOST}:{args.prefect_port}   (flow runs, task runs, artifacts)", flush=True)
     try:

@@ -50,6 +50,8 @@ def served(tmp_path_factory):
     ui = subprocess.Popen(
         [sys.executable, "-m", "tasks.ui", "--mlflow-port", str(ports["mlflow"]), "--prefect-port", str(ports["prefect"])],
         cwd=proj, env=env, stdout=subprocess.PIPE, text=True,
+        # Started as a script's background job is: with SIGINT ignored. Ctrl-C must stop it all the same.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )  # fmt: skip
     try:
         lines = [ui.stdout.readline() for _ in range(2)]
