@@ -58,6 +58,8 @@ PRETRAININGS = {
     "mlm-mask40": {"pretrain.objective": "mlm", "pretrain.mask_prob": 0.4},
     "mlm-mask40to15": {"pretrain.objective": "mlm", "pretrain.mask_prob": 0.4, "pretrain.mask_prob_final": 0.15},
     "electra-mask25": {"pretrain.objective": "electra", "pretrain.mask_prob": 0.25},
+    # Rotary positions (RoPE) instead of a learned position table, for the network and its control.
+    "mlm-rotary": {"pretrain.objective": "mlm", "model.position": "rotary"},
 }
 # Discriminative fine-tuning (ULMFiT's 2.6): each lower layer group learns at lr / 2.6, so a
 # small label budget moves the pretrained body less than the new head. Gradual unfreezing
@@ -84,6 +86,8 @@ MODELS = {
     "mlm-unfreeze": ("mlm", "pretrained", UNFREEZE),
     "adapted-unfreeze": ("adapted", "pretrained", UNFREEZE),
     "adapted-nostop": ("adapted", "pretrained", NO_STOP),
+    "scratch-rotary": ("mlm-rotary", "scratch", ONE_LR),
+    "mlm-rotary": ("mlm-rotary", "pretrained", ONE_LR),
 }
 CURVE_MODELS = ("scratch", "mlm", "electra", "adapted")  # the curve; the others measure masking, schedules
 LABELS = {
@@ -100,6 +104,8 @@ LABELS = {
     "mlm-unfreeze": "MLM, gradual unfreezing",
     "adapted-unfreeze": "adapted, gradual unfreezing",
     "adapted-nostop": "adapted, no early stop",
+    "scratch-rotary": "from scratch, rotary positions",
+    "mlm-rotary": "MLM-pretrained, rotary positions",
 }
 # the models the targets take the best of (by validation score): every pretrained one that ran
 PRETRAINED = tuple(m for m, (_, init, _) in MODELS.items() if init == "pretrained")

@@ -3,7 +3,10 @@ objectives' own: `models/objectives/`).
 
 Attention goes through `scaled_dot_product_attention`, so the fused kernels are used where
 the hardware has them. With `causal=True` every position attends only to itself and earlier
-positions (GPT-style).
+positions (GPT-style). Positions are a learned table added to the token embeddings
+(`position="learned"`, BERT's) or rotations of the queries and keys by their position
+(`"rotary"`, RoFormer's: Su et al. 2021), which make attention depend on the offset between
+two tokens from the first step instead of after the table has been learnt.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class EncoderConfig:
     max_positions: int = 128
     causal: bool = False
     pad_id: int = 0
+    position: str = "learned"  # learned | rotary; checkpoints from before the option carry none
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -37,6 +41,7 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.n_heads = cfg.n_heads
         self.causal = cfg.causal
+        self.rotary = cfg.position == "rotary"
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
@@ -44,6 +49,8 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        if self.rotary:
+            q, k = rotate(q), rotate(k)
         # key_mask: (b, t) True where the token is real; broadcast over heads and queries.
         # Causal attention needs no key mask: padding sits after the real tokens, which never see it.
         attn_mask = None if key_mask is None or self.causal else key_mask[:, None, None, :]
@@ -51,6 +58,18 @@ class SelfAttention(nn.Module):
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
         )
         return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+
+def rotate(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary position embedding of x (batch, heads, positions, head width): each pair of
+    channels (i, i + half) at position m turns by m * base^(-i / half), so the dot product of a
+    rotated query and key depends on their positions only through their offset."""
+    half = x.shape[-1] // 2
+    freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = torch.arange(x.shape[-2], device=x.device, dtype=torch.float32)[:, None] * freqs
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half : 2 * half]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half :]], -1)
 
 
 class Block(nn.Module):
@@ -74,7 +93,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
-        self.pos = nn.Embedding(cfg.max_positions, cfg.d_model)
+        self.pos = nn.Embedding(cfg.max_positions, cfg.d_model) if cfg.position == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
@@ -85,7 +104,8 @@ class Encoder(nn.Module):
         t = ids.shape[1]
         if t > self.cfg.max_positions:
             raise ValueError(f"sequence of {t} tokens exceeds max_positions={self.cfg.max_positions}")
-        return self.drop(self.tok(ids) + self.pos(torch.arange(t, device=ids.device)))
+        x = self.tok(ids)
+        return self.drop(x if self.pos is None else x + self.pos(torch.arange(t, device=ids.device)))
 
     def forward(self, ids: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.embed(ids)
@@ -95,7 +115,8 @@ class Encoder(nn.Module):
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """Bottom to top: embeddings, then one group per block (the final norm with the last)."""
-        groups = [[*self.tok.parameters(), *self.pos.parameters()]] + [list(b.parameters()) for b in self.blocks]
+        embeddings = [*self.tok.parameters(), *(self.pos.parameters() if self.pos is not None else ())]
+        groups = [embeddings] + [list(b.parameters()) for b in self.blocks]
         groups[-1] += list(self.norm.parameters())
         return groups
 

@@ -86,7 +86,7 @@ def mask_rate(p, step: int) -> float:
 def lm_config(params: Params, objective: Objective) -> dict:
     """The `model_config` of the network params.yaml describes (see `models.model_config`)."""
     m = params.model
-    fields = {"d_model", "n_layers", "n_heads", "d_ff", "max_positions"} if m.arch == "transformer" else {
+    fields = {"d_model", "n_layers", "n_heads", "d_ff", "max_positions", "position"} if m.arch == "transformer" else {
         "d_model", "d_hidden", "n_layers"}  # fmt: skip
     return model_config(
         {

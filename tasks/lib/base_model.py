@@ -26,7 +26,8 @@ LM_FILES = {
     "tokenizer": catalog.LM_TOKENIZER,
 }
 # What must agree for the weights to fit: the rest of model_config (dropout, causal) may differ.
-SHAPE_KEYS = ("arch", "vocab_size", "pad_id", "d_model", "n_layers", "n_heads", "d_ff", "max_positions", "d_hidden")
+SHAPE_KEYS = ("arch", "vocab_size", "pad_id", "d_model", "n_layers", "n_heads", "d_ff", "max_positions", "d_hidden",
+              "position")  # fmt: skip
 # The parts of tokenizer.json that decide which ids a text gets (not truncation or padding).
 TOKENIZER_KEYS = ("normalizer", "pre_tokenizer", "model", "added_tokens", "post_processor")
 USAGE = "a language model folder that pretrain wrote, or models:/<name>@<alias> (python -m flows.base_model)"
@@ -57,7 +58,9 @@ class BaseModel:
                 f"data was encoded with ({tokenizer_file}): re-run tokenize, which reuses the base model's "
                 "tokenizer when pretrain.init_from is set (dvc repro tokenize)"
             )
-        theirs = self.meta["model_config"]
+        from models.build import model_config
+
+        theirs = model_config(self.meta["model_config"]).to_dict()  # with the defaults of keys added since
         diff = [f"{k} {theirs.get(k)} (params: {config.get(k)})" for k in SHAPE_KEYS if theirs.get(k) != config.get(k)]
         if diff:
             raise StageError(
