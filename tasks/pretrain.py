@@ -138,7 +138,7 @@ def start_from(model, params: Params, objective: Objective, config: dict, tokeni
     if not params.pretrain.init_from:
         return None
     with base_model.opened(params.pretrain.init_from) as base:
-        base.check_fits(tokenizer_file, config)
+        base.check_fits(tokenizer_file, config, model_config(base.meta["model_config"]).to_dict())
         same_objective = base.meta["objective"] == objective.name
         # Another objective's head predicts something else: only the body carries over.
         target, weights = (model, catalog.WEIGHTS) if same_objective else (model.body, catalog.BODY_WEIGHTS)

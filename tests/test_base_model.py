@@ -89,6 +89,13 @@ def test_a_base_model_of_another_shape_is_refused(base_folder):
         pretrain(params)
 
 
+def test_a_base_model_with_other_positions_is_refused(base_folder):
+    params = with_params(pretrain={"init_from": str(base_folder)}, model={"position": "rotary"})
+    build_data(params)
+    with pytest.raises(StageError, match=r"different network .*position learned \(params: rotary\)"):
+        pretrain(params)
+
+
 def test_a_classifier_or_a_missing_folder_is_not_a_language_model(base_folder, tmp_path):
     params = with_params(pretrain={"init_from": str(tmp_path / "nowhere")})
     with pytest.raises(StageError, match="is not a folder"):

@@ -95,11 +95,17 @@ from models.build import build_classifier  # noqa: E402
 from models.recurrent import RecurrentConfig  # noqa: E402
 
 CAUSAL = {**CFG.to_dict(), "causal": True}
+ROTARY = {**CFG.to_dict(), "position": "rotary"}
 RECURRENT = [
     RecurrentConfig(vocab_size=50, arch=a, d_model=16, d_hidden=24, n_layers=2, dropout=0.0).to_dict()
     for a in ("rnn", "lstm", "gru")
 ]
-LM_CONFIGS = [CAUSAL, *RECURRENT]
+LM_CONFIGS = [CAUSAL, {**ROTARY, "causal": True}, *RECURRENT]
+
+
+def _name(config: dict) -> str:
+    return config["arch"] + ("-rotary" if config.get("position") == "rotary" else "") + (
+        "-causal" if config.get("causal") else "")  # fmt: skip
 
 
 def _ids(b: int = 2, t: int = 10) -> torch.Tensor:
@@ -109,7 +115,7 @@ def _ids(b: int = 2, t: int = 10) -> torch.Tensor:
 import pytest  # noqa: E402
 
 
-@pytest.mark.parametrize("config", LM_CONFIGS, ids=lambda c: c["arch"] + ("-causal" if c.get("causal") else ""))
+@pytest.mark.parametrize("config", LM_CONFIGS, ids=lambda c: _name(c))
 def test_causal_models_never_look_ahead(config):
     model = build_language_model(config).eval()
     ids = _ids()
@@ -122,7 +128,7 @@ def test_causal_models_never_look_ahead(config):
     assert not torch.allclose(a[:, 6:], b[:, 6:])
 
 
-@pytest.mark.parametrize("config", LM_CONFIGS, ids=lambda c: c["arch"] + ("-causal" if c.get("causal") else ""))
+@pytest.mark.parametrize("config", LM_CONFIGS, ids=lambda c: _name(c))
 def test_causal_models_tie_the_decoder_and_learn(config):
     torch.manual_seed(0)
     model = build_language_model(config)
@@ -140,7 +146,7 @@ def test_causal_models_tie_the_decoder_and_learn(config):
 
 
 @pytest.mark.parametrize(
-    "config", [CFG.to_dict(), *LM_CONFIGS], ids=lambda c: c["arch"] + ("-causal" if c.get("causal") else "")
+    "config", [CFG.to_dict(), ROTARY, *LM_CONFIGS], ids=lambda c: _name(c)
 )
 def test_every_classifier_ignores_padding_and_groups_every_parameter_once(config):
     model = build_classifier(config, 3).eval()
@@ -154,7 +160,7 @@ def test_every_classifier_ignores_padding_and_groups_every_parameter_once(config
 
 def test_classifier_body_loads_from_its_language_model():
 
-    for config in [CFG.to_dict(), *LM_CONFIGS]:
+    for config in [CFG.to_dict(), ROTARY, *LM_CONFIGS]:
         lm, clf = build_language_model(config), build_classifier(config, 2)
         clf.body.load_state_dict(lm.body.state_dict())  # one name for the body in every network
 
@@ -211,3 +217,22 @@ def test_mask_rate_above_one_half_is_refused():
 
     with pytest.raises(ParamsError, match="mask_prob"):
         parse_params(tiny_params(pretrain={"mask_prob": 0.6}))
+
+
+def test_rotary_attention_scores_depend_on_the_offset_only():
+    from models.transformer import rotate
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 8, generator=g), torch.randn(1, 1, 1, 8, generator=g)
+    scores = rotate(q.expand(1, 1, 12, 8)) @ rotate(k.expand(1, 1, 12, 8)).transpose(-1, -2)  # same vectors everywhere
+    torch.testing.assert_close(scores[0, 0, 2, 5], scores[0, 0, 6, 9])  # offset +3 at two places
+    assert not torch.allclose(scores[0, 0, 2, 5], scores[0, 0, 5, 2])  # -3 is another offset
+    torch.testing.assert_close(rotate(q), q)  # position 0 is not turned
+
+
+def test_a_rotary_body_has_no_position_table_and_older_configs_are_learned():
+    from models.build import build_body, model_config
+
+    assert build_body(ROTARY).pos is None and build_body(CFG.to_dict()).pos is not None
+    older = {k: v for k, v in CFG.to_dict().items() if k != "position"}  # a checkpoint from before the option
+    assert model_config(older).position == "learned"

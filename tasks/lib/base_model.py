@@ -50,17 +50,16 @@ class BaseModel:
                 "tokens_seen": self.meta.get("tokens_seen"),
                 "weights_sha256": file_sha256(self.folder / catalog.WEIGHTS)}  # fmt: skip
 
-    def check_fits(self, tokenizer_file: Path, config: dict) -> None:
-        """Fail unless the data was encoded with this model's tokenizer and params describe its network."""
+    def check_fits(self, tokenizer_file: Path, config: dict, theirs: dict) -> None:
+        """Fail unless the data was encoded with this model's tokenizer and params describe its
+        network; `theirs` is this model's network config with the defaults of keys added since it
+        was trained filled in (models.build.model_config)."""
         if not same_tokenizer(self.tokenizer_file, tokenizer_file):
             raise StageError(
                 f"pretrain.init_from: {self.source} was trained with a different tokenizer than the one the "
                 f"data was encoded with ({tokenizer_file}): re-run tokenize, which reuses the base model's "
                 "tokenizer when pretrain.init_from is set (dvc repro tokenize)"
             )
-        from models.build import model_config
-
-        theirs = model_config(self.meta["model_config"]).to_dict()  # with the defaults of keys added since
         diff = [f"{k} {theirs.get(k)} (params: {config.get(k)})" for k in SHAPE_KEYS if theirs.get(k) != config.get(k)]
         if diff:
             raise StageError(
