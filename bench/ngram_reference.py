@@ -88,7 +88,9 @@ def main() -> None:
     rows = {
         "unigram": float(-np.log(unigram[stream[targets]]).mean()),
         "left bigram": float(left_bigram(stream, targets, unigram, bigram, weight).mean()),
-        "both neighbours (bigram counts)": float(both_neighbours(stream, targets, unigram, bigram, weight, ordinary).mean()),
+        "both neighbours (bigram counts)": float(
+            both_neighbours(stream, targets, unigram, bigram, weight, ordinary).mean()
+        ),
     }
     meta_file = catalog.PRETRAINED / catalog.META
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}

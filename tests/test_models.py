@@ -115,7 +115,7 @@ def _ids(b: int = 2, t: int = 10) -> torch.Tensor:
 import pytest  # noqa: E402
 
 
-@pytest.mark.parametrize("config", LM_CONFIGS, ids=lambda c: _name(c))
+@pytest.mark.parametrize("config", LM_CONFIGS, ids=_name)
 def test_causal_models_never_look_ahead(config):
     model = build_language_model(config).eval()
     ids = _ids()
@@ -128,7 +128,7 @@ def test_causal_models_never_look_ahead(config):
     assert not torch.allclose(a[:, 6:], b[:, 6:])
 
 
-@pytest.mark.parametrize("config", LM_CONFIGS, ids=lambda c: _name(c))
+@pytest.mark.parametrize("config", LM_CONFIGS, ids=_name)
 def test_causal_models_tie_the_decoder_and_learn(config):
     torch.manual_seed(0)
     model = build_language_model(config)
@@ -145,9 +145,7 @@ def test_causal_models_tie_the_decoder_and_learn(config):
     assert losses[-1] < 0.3 * losses[0]
 
 
-@pytest.mark.parametrize(
-    "config", [CFG.to_dict(), ROTARY, *LM_CONFIGS], ids=lambda c: _name(c)
-)
+@pytest.mark.parametrize("config", [CFG.to_dict(), ROTARY, *LM_CONFIGS], ids=_name)
 def test_every_classifier_ignores_padding_and_groups_every_parameter_once(config):
     model = build_classifier(config, 3).eval()
     ids = torch.tensor([[2, 7, 8, 9, 3]])
