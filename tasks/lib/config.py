@@ -146,7 +146,7 @@ class ModelParams(_Section):
     d_ff: int = Field(ge=8)  # Transformer only
     d_hidden: int = Field(ge=8)  # recurrent only: width of every layer but the last
     max_positions: int = Field(ge=8)  # Transformer only
-    position: Literal["learned", "rotary"] = "learned"  # Transformer only: a position table, or rotary (RoPE)
+    position: Literal["learned", "rotary"]  # Transformer only: a position table, or rotary (RoPE)
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelParams:
