@@ -277,7 +277,7 @@ def run_curve(profiles, models, budgets, seeds, workers: int = 2) -> None:
 def cells(records: list[dict]) -> dict:
     """(profile, model, budget) -> mean and sd of test accuracy over seeds, plus costs; TF-IDF
     over its distinct fits per (profile, budget): its sample and solver do not depend on the
-    fine-tuning seed, yet a refit of the same rows in another session has landed a little apart
+    fine-tuning seed, yet a refit of the same rows later on has landed a little apart
     (default corpus, every label: 0.7678 and 0.7684), so each distinct value counts once."""
     groups: dict = {}
     fits: dict = {}
