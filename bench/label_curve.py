@@ -151,9 +151,9 @@ def run_here(folder: Path, code: str, threads: int) -> None:
 
 
 PREPARE = """
-from tasks.lib.config import load_params
+from tasks.lib.config import load_params, split_seed
 from tasks.corpus import corpus
-from tasks.ingest import ingest, split_seed
+from tasks.ingest import ingest
 from tasks.pretrain import pretrain
 from tasks.tokenize import tokenize
 from tasks.validate import validate

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from tasks.lib import catalog
+from tasks.lib.baseline import fit_baseline
 from tasks.lib.common import atomic_dir, run_stage, write_json_atomic
 from tasks.lib.config import Params, load_params
 from tasks.lib.evaluation_report import SIDES, headline, write_report
-from tasks.lib.label_budget import budget_rows, sample_seed
+from tasks.lib.label_budget import budget_rows, finetune_seed
 from tasks.lib.lineage import identity
 from tasks.lib.tracking import PARENT_ENV, log_metrics, stage_run
 
@@ -47,23 +46,6 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, labels: list[str], 
             for i, name in enumerate(labels)
         },
     }
-
-
-def tfidf_baseline(
-    train: pd.DataFrame, test: pd.DataFrame, labels: list[str], max_features: int, seed: int
-) -> np.ndarray:
-    """Word 1-2 grams + character 2-5 grams, logistic regression: the bar a neural model must clear."""
-    from scipy.sparse import hstack
-
-    word = TfidfVectorizer(ngram_range=(1, 2), max_features=max_features, sublinear_tf=True, min_df=2)
-    char = TfidfVectorizer(
-        analyzer="char_wb", ngram_range=(2, 5), max_features=max_features, sublinear_tf=True, min_df=2
-    )
-    x_train = hstack([word.fit_transform(train["text"]), char.fit_transform(train["text"])]).tocsr()
-    x_test = hstack([word.transform(test["text"]), char.transform(test["text"])]).tocsr()
-    y_train = train["label"].map({n: i for i, n in enumerate(labels)}).to_numpy()
-    clf = LogisticRegression(C=4.0, max_iter=2000, random_state=seed).fit(x_train, y_train)
-    return clf.predict_proba(x_test)
 
 
 def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, title: str) -> None:
@@ -105,14 +87,18 @@ def evaluate(params: Params, runs: dict[str, str] | None = None) -> dict:
     # The served model's path: raw test texts through the saved tokenizer and the shared predictor.
     model, labels = load_classifier(catalog.FINETUNED)
     train_df = pd.read_parquet(catalog.split_file("train"))
-    # The baseline learns from the rows fine-tuning learned from (the label budget's sample).
-    train_df = train_df.iloc[budget_rows(train_df["label"], params.finetune.max_labels, labels, sample_seed(params))]
+    # The baseline learns from the rows fine-tuning learned from (the label budget's sample)
+    # and, like it, is chosen on the validation split.
+    train_df = train_df.iloc[budget_rows(train_df["label"], params.finetune.max_labels, labels, finetune_seed(params))]
+    validation_df = pd.read_parquet(catalog.split_file("validation"))
     test_df = pd.read_parquet(catalog.split_file("test"))
     y = test_df["label"].map({n: i for i, n in enumerate(labels)}).to_numpy()
     proba = predict_proba(model, encode(load_tokenizer(), test_df["text"].tolist()))
-    base_proba = tfidf_baseline(train_df, test_df, labels, params.evaluate.baseline_max_features, params.seed)
+    e = params.evaluate
+    baseline = fit_baseline(train_df, validation_df, labels, e.baseline_max_features, e.baseline_c, params.seed)
+    base_proba = baseline.predict_proba(test_df["text"])
     ours = classification_metrics(y, proba, labels, params.evaluate.ece_bins)
-    base = classification_metrics(y, base_proba, labels, params.evaluate.ece_bins)
+    base = classification_metrics(y, base_proba, labels, params.evaluate.ece_bins) | {"tuning": baseline.record()}
     metrics = {"test": ours, "baseline": base, "test_rows": int(len(y)), "labelled_rows": int(len(train_df))}
     with atomic_dir(catalog.EVALUATION_REPORT) as tmp:
         for (_, name, image), p in zip(SIDES, (proba, base_proba), strict=True):

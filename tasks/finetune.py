@@ -44,7 +44,7 @@ from tasks.lib.engine import (
     relaunch_under_torchrun,
     wrap_ddp,
 )
-from tasks.lib.label_budget import budget_rows, sample_seed
+from tasks.lib.label_budget import budget_rows, finetune_seed
 from tasks.lib.training import (
     Throughput,
     TrainingRun,
@@ -140,7 +140,7 @@ def batch_stream(lengths: list[int], batch_size: int, seed: int, min_rows: int):
 def training_rows(params: Params, labels: list[str], train) -> list[int]:
     """The rows fine-tuning learns from: all, or the label budget's stratified sample."""
     names = [labels[y] for y in train["label"]]
-    return budget_rows(names, params.finetune.max_labels, labels, sample_seed(params)).tolist()
+    return budget_rows(names, params.finetune.max_labels, labels, finetune_seed(params)).tolist()
 
 
 def finetune(
@@ -250,10 +250,6 @@ def finetune(
             "seed": seed, "history": history, **summary}  # fmt: skip
     run.finish(out_dir, meta, lambda folder, meta: save_checkpoint(folder, model.cpu(), meta), model)
     return summary
-
-
-def finetune_seed(params: Params) -> int:
-    return params.finetune.seed if params.finetune.seed is not None else params.seed
 
 
 def _validate(model, val_ids, val_y, run: TrainingRun) -> dict[str, float]:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from tasks.lib import catalog
 from tasks.lib.common import StageError, atomic_dir, run_stage, write_json_atomic
-from tasks.lib.config import IngestParams, load_params
+from tasks.lib.config import IngestParams, load_params, split_seed
 from tasks.lib.sources import read_source
 from tasks.lib.textclean import clean_text, normalise
 
@@ -84,12 +84,6 @@ def make_splits(df: pd.DataFrame, cfg: IngestParams, seed: int) -> dict[str, pd.
     if missing:
         splits.update(carve(given["train"], missing, seed))
     return {name: splits[name] for name in catalog.SPLITS}
-
-
-def split_seed(params) -> int:
-    """The seed that draws the splits: fixed by `ingest.split_seed` when several training
-    seeds must share one split (seed studies), else the global seed."""
-    return params.ingest.split_seed if params.ingest.split_seed is not None else params.seed
 
 
 def ingest(cfg: IngestParams, seed: int, out_dir: Path = catalog.RAW) -> dict:

@@ -27,10 +27,11 @@ from tqdm import tqdm
 
 from models.build import decay_groups, model_config
 from models.objectives import Objective, SpecialTokens, create
-from tasks.lib import base_model, catalog
+from tasks.lib import base_model, catalog, leak_guard
 from tasks.lib.common import StageError, run_stage, seed_everything
 from tasks.lib.config import Params, load_params
 from tasks.lib.engine import Engine, is_rank_zero, maybe_compile, micro_slices, relaunch_under_torchrun, wrap_ddp
+from tasks.lib.probe import linear_probe
 from tasks.lib.shards import TokenShards
 from tasks.lib.training import (
     Throughput,
@@ -123,22 +124,41 @@ def evaluate_lm(model, rows: torch.Tensor, objective: Objective, params: Params,
     objective.take_metrics(model)  # drop what training gathered since the last log
     objective.mask_prob = mask_rate(params.pretrain, params.pretrain.max_steps - 1)
     gen = torch.Generator().manual_seed(params.seed)
-    total, count = 0.0, 0
+    # MLM's loss also scores the chosen positions left unchanged or made random, and copying
+    # the unchanged ones is cheap: the loss at [MASK] positions alone is the like-for-like figure.
+    views = {"loss": lambda b: b}
+    if objective.name == "mlm":
+        views["masked_loss"] = lambda b: masked_only(b, objective.tokens.mask)
+    sums = {name: [0.0, 0] for name in views}
     for start in range(0, len(rows), params.pretrain.batch_size):
         batch = objective.batch(rows[start : start + params.pretrain.batch_size], gen)
-        with run.engine.autocast():
-            loss = lm_loss(model, tuple(t.to(run.engine.device) for t in batch))
-        total, count = total + loss.item() * objective.count(batch), count + objective.count(batch)
+        for name, view in views.items():
+            scored = view(batch)
+            with run.engine.autocast():
+                loss = lm_loss(model, tuple(t.to(run.engine.device) for t in scored))
+            sums[name][0] += loss.item() * objective.count(scored)
+            sums[name][1] += objective.count(scored)
     model.train()
-    return {"loss": total / max(count, 1), **objective.take_metrics(model)}
+    means = {name: total / max(count, 1) for name, (total, count) in sums.items()}
+    return means | objective.take_metrics(model)
 
 
-def start_from(model, params: Params, objective: Objective, config: dict, tokenizer_file: Path) -> dict | None:
-    """Load `pretrain.init_from` into `model` after checking it fits; its lineage, or None."""
+def masked_only(batch: tuple, mask_id: int) -> tuple:
+    """An MLM batch whose targets are kept only where the input is [MASK]."""
+    ids, targets = batch[0], batch[1]
+    return ids, torch.where(ids == mask_id, targets, torch.full_like(targets, -100)), *batch[2:]
+
+
+def start_from(
+    model, params: Params, objective: Objective, config: dict, tokenizer_file: Path, held_out
+) -> dict | None:
+    """Load `pretrain.init_from` into `model` after checking it fits and held out this run's
+    validation and test texts (`held_out`: leak_guard.current); its lineage, or None."""
     if not params.pretrain.init_from:
         return None
     with base_model.opened(params.pretrain.init_from) as base:
         base.check_fits(tokenizer_file, config, model_config(base.meta["model_config"]).to_dict())
+        leak_guard.check(base.source, base.meta, base.folder, *held_out)
         same_objective = base.meta["objective"] == objective.name
         # Another objective's head predicts something else: only the body carries over.
         target, weights = (model, catalog.WEIGHTS) if same_objective else (model.body, catalog.BODY_WEIGHTS)
@@ -186,8 +206,9 @@ def pretrain(
     val_blocks = validation_blocks(data_dir, width)
     config = lm_config(params, objective)
     model = objective.language_model(config)
+    held_out = leak_guard.current(params)  # what this corpus held out: recorded, and checked against init_from's
     # DDP copies rank 0's weights to the other ranks when it wraps the model.
-    init_from = start_from(model, params, objective, config, tokenizer_file) if run.is_main else None
+    init_from = start_from(model, params, objective, config, tokenizer_file, held_out) if run.is_main else None
     model = model.to(device)
     optimizer = torch.optim.AdamW(decay_groups(model, p.weight_decay), lr=p.lr, betas=(0.9, 0.98))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(p.warmup_steps, p.max_steps))
@@ -232,17 +253,19 @@ def pretrain(
     if run.is_main:
         val = evaluate_lm(model, val_blocks, objective, params, run)
         summary["val_loss"] = val.pop("loss")
-        summary |= {f"val_{k}": v for k, v in val.items()}
-        log({f"val_{objective.loss_name}": summary["val_loss"], **{f"val_{k}": v for k, v in val.items()}}, p.max_steps)
+        summary |= {f"val_{k}": v for k, v in val.items()} | linear_probe(model.body, data_dir, device)
+        log({f"val_{objective.loss_name}": summary["val_loss"], **{f"val_{k}": v for k, v in val.items()},
+             **{k: v for k, v in summary.items() if k.startswith("probe_")}}, p.max_steps)  # fmt: skip
         summary |= {"mean_tokens_per_s": summary["tokens_seen"] / summary["wall_s"],
                     "matmul_peak_gflops": meter.peak / 1e9}  # fmt: skip
     meta = {"model_config": config, "objective": objective.name, "step": p.max_steps, "seed": params.seed,
-            "pretrain": p.model_dump(), "init_from": init_from, **summary}  # fmt: skip
+            "pretrain": p.model_dump(), "init_from": init_from, "held_out": held_out[0], **summary}  # fmt: skip
 
     def save(folder: Path, meta: dict) -> None:
         save_checkpoint(folder, model.cpu(), meta, optimizer)
         save_model(model.body, str(folder / catalog.BODY_WEIGHTS))
         shutil.copyfile(tokenizer_file, folder / catalog.LM_TOKENIZER)  # so the folder is a reusable LM
+        leak_guard.write(folder, held_out[1])
 
     run.finish(out_dir, meta, save, model)
     return summary

@@ -143,10 +143,11 @@ def build_data(params) -> None:
     """The data stages, in the working folder: ingest, validate, corpus, tokenize."""
     from tasks.corpus import corpus
     from tasks.ingest import ingest
+    from tasks.lib.config import split_seed
     from tasks.tokenize import tokenize
     from tasks.validate import validate
 
-    ingest(params.ingest, params.seed)
+    ingest(params.ingest, split_seed(params))
     validate(params)
     corpus(params)
     tokenize(params.tokenize, params.ingest.labels, init_from=params.pretrain.init_from)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from safetensors.numpy import load_file
@@ -136,3 +137,33 @@ def test_init_from_the_registry(base_folder):
         params = with_params(pretrain={"init_from": uri})
         with pytest.raises(StageError, match=message):
             pretrain(params)
+
+
+def test_a_base_model_built_under_another_split_seed_is_refused(base_folder):
+    # Its corpus held out split 1337's validation/test texts; split 7 tests on others, which it may have read.
+    params = with_params(pretrain={"init_from": str(base_folder)}, ingest={"split_seed": 7})
+    build_data(params)
+    with pytest.raises(StageError, match=r"another split seed, 1337, than this run's 7: .* rebuild the base model"):
+        pretrain(params)
+
+
+def test_a_base_model_built_from_another_labelled_source_is_refused(base_folder):
+    shutil.copy("tiny.csv", "other.csv")
+    params = with_params(pretrain={"init_from": str(base_folder)}, ingest={"source": "other.csv"})
+    build_data(params)
+    with pytest.raises(StageError, match=r"another labelled source \(ingest.source\), 'tiny.csv', than this run's"):
+        pretrain(params)
+
+
+def test_a_base_model_whose_corpus_did_not_hold_out_a_current_test_text_is_refused(base_folder):
+    params = with_params(pretrain={"init_from": str(base_folder)})
+    build_data(params)
+    # The labelled data changed since the base model was built: a test text it never held out.
+    test = pd.read_parquet(catalog.split_file("test"))
+    test.loc[0, "text"] = "RT @someone: a test tweet the base model may have read"
+    test.to_parquet(catalog.split_file("test"))
+    with pytest.raises(StageError, match=r"1 of this run's \d+ validation/test texts were not held out"):
+        pretrain(params)
+    (base_folder / catalog.LM_HELD_OUT).unlink()
+    with pytest.raises(StageError, match="does not record which texts its corpus held out"):
+        pretrain(params)

@@ -13,6 +13,7 @@ from tasks.lib.corpus import (
     DAMAGED,
     EQUALS_HELD_OUT,
     EXACT_DUPLICATE,
+    MASKED_HELD_OUT,
     NEAR_DUPLICATE,
     SHORT,
     HeldOut,
@@ -51,6 +52,20 @@ def test_each_rule_drops_and_counts():
 def test_containment_needs_whole_words():
     kept, counts = run(["xwhat a truly wonderful film this was for everyone involved"], held=HELD)
     assert kept and not counts[CONTAINS_HELD_OUT]
+
+
+def test_retweets_and_copies_with_other_usernames_or_links_of_a_held_out_text_are_dropped():
+    held = ["@united lost my bag again", "so happy today http://t.co/abc", "great crew"]
+    kept, counts = run([
+        "RT @someone: @united lost my bag again",  # a retweet of a short test tweet
+        "@delta lost my bag again",  # the same tweet to another user
+        "so happy today https://bit.ly/xyz",  # another short link
+        "ha! RT @fan: great crew",  # a short test tweet quoted under a comment
+        "lost my bag again",  # no username: another text
+        "great crew on board",
+    ], held=held)  # fmt: skip
+    assert kept == ["lost my bag again", "great crew on board"]
+    assert counts[MASKED_HELD_OUT] == 4 and not counts[EQUALS_HELD_OUT]
 
 
 DATA = Path(os.environ.get("DATA_ROOT", DEFAULT_DATA_ROOT))

@@ -157,8 +157,7 @@ def test_unreadable_files_are_clear_errors(workdir):
 
 
 def test_split_seed_fixes_the_split_while_the_global_seed_varies():
-    from tasks.ingest import split_seed
-    from tasks.lib.config import parse_params
+    from tasks.lib.config import parse_params, split_seed
 
     from .conftest import tiny_params
 

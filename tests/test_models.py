@@ -59,6 +59,17 @@ def test_masking_skips_special_tokens_and_is_seeded():
     assert torch.equal(x, x2) and torch.equal(targets, t2)
 
 
+def test_the_masked_only_view_scores_just_the_mask_positions():
+    from tasks.pretrain import masked_only
+
+    ids = torch.tensor([[2] + list(range(5, 205)) + [3]])
+    x, targets = mask_tokens(ids, 4, 50, SPECIAL, 0.5, torch.Generator().manual_seed(2))
+    _, kept = masked_only((x, targets), 4)
+    # Of the chosen positions, those left unchanged or made random are no longer scored.
+    assert torch.equal(kept != -100, x == 4) and (kept != -100).sum() < (targets != -100).sum()
+    assert torch.equal(kept[x == 4], ids[x == 4])
+
+
 def test_mlm_learns_a_tiny_corpus():
     torch.manual_seed(0)
     model = MaskedLM(CFG)

@@ -53,6 +53,11 @@ def test_pretrain_finetune_evaluate_register_chain(tokenized):
     summary = pretrain(params, log=lambda m, s: logged.append((s, m)))
     assert summary["tokens_seen"] == 6 * 4 * 16
     assert {"train_mlm_loss", "tokens_per_s", "mfu", "lr"} <= set(logged[0][1])
+    # The like-for-like loss at [MASK] positions and the linear probe, logged and kept with the model.
+    assert {"val_mlm_loss", "val_masked_loss", "probe_accuracy", "probe_macro_f1"} <= set(logged[-1][1])
+    assert 0 <= summary["probe_accuracy"] <= 1 and summary["probe_rows"] == len(
+        pd.read_parquet("data/validated/train.parquet")
+    )
     meta = read_json("checkpoints/pretrained/checkpoint.json")
     assert meta["step"] == 6 and "optimizer_param_groups" in meta
 
@@ -66,6 +71,17 @@ def test_pretrain_finetune_evaluate_register_chain(tokenized):
         assert 0 <= metrics[name]["accuracy"] <= 1 and set(metrics[name]["per_class"]) == set(labels)
     assert json.loads(open("reports/metrics.json").read())["test_rows"] == metrics["test_rows"]
     assert open("reports/evaluation/confusion_matrix.png", "rb").read(4) == b"\x89PNG"
+    # The baseline's C comes from validation: scrambling the test split changes none of it.
+    tuning = metrics["baseline"]["tuning"]
+    assert tuning["chosen_c"] in params.evaluate.baseline_c and len(tuning["grid"]) == len(params.evaluate.baseline_c)
+    test = pd.read_parquet("data/validated/test.parquet")
+    test.assign(
+        label=test["label"].sample(frac=1, random_state=0).to_numpy(), text=test["text"].str.upper()
+    ).to_parquet("data/validated/test.parquet")
+    assert evaluate(params)["baseline"]["tuning"] == tuning
+    test.to_parquet("data/validated/test.parquet")
+    metrics = evaluate(params)
+    assert "C=" in open("reports/evaluation/index.html").read()
 
     with stage_run("register"):
         record = register(params)

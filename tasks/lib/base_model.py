@@ -24,6 +24,7 @@ LM_FILES = {
     "body": catalog.BODY_WEIGHTS,
     "meta": catalog.META,
     "tokenizer": catalog.LM_TOKENIZER,
+    "held_out": catalog.LM_HELD_OUT,
 }
 # What must agree for the weights to fit: the rest of model_config (dropout, causal) may differ.
 SHAPE_KEYS = ("arch", "vocab_size", "pad_id", "d_model", "n_layers", "n_heads", "d_ff", "max_positions", "d_hidden",
@@ -127,7 +128,8 @@ def _checked(source: str, folder: Path, version: str | None) -> BaseModel:
     if "labels" in meta or "objective" not in meta:
         what = f"a fine-tuned classifier (labels {meta['labels']})" if "labels" in meta else "not a language model"
         raise StageError(f"pretrain.init_from: {source} is {what}, not a language model; it takes {USAGE}")
-    missing = [name for name in LM_FILES.values() if not (folder / name).exists()]
+    # A missing held-out record has its own message (leak_guard.check).
+    missing = [name for name in LM_FILES.values() if not (folder / name).exists() and name != catalog.LM_HELD_OUT]
     if missing:
         raise StageError(f"pretrain.init_from: {source} lacks {', '.join(missing)}; it takes {USAGE}")
     return BaseModel(source, folder, meta, version)

@@ -42,6 +42,7 @@ BODY_WEIGHTS = "body.safetensors"  # a language model's body alone: what fine-tu
 META = "checkpoint.json"
 OPTIMIZER = "optimizer.safetensors"
 LM_TOKENIZER = TOKENIZER_FILE.name  # a language model folder carries the tokenizer its data was encoded with
+LM_HELD_OUT = "held_out.npy"  # ... and the digests of the texts its corpus held out (tasks/lib/leak_guard.py)
 
 # evaluate -> register
 EVALUATION_REPORT = Path("reports/evaluation")

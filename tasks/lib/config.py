@@ -7,7 +7,7 @@ params.yaml fails at once instead of being silently ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -225,6 +225,8 @@ class FinetuneParams(_TrainingParams):
 
 class EvaluateParams(_Section):
     baseline_max_features: int = Field(ge=10)
+    # the TF-IDF baseline's inverse regularisation strengths: the best on validation is kept
+    baseline_c: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
     ece_bins: int = Field(ge=2)
 
 
@@ -293,6 +295,12 @@ class Params(_Section):
                 f"pretrain.block_size and tokenize.max_length ({longest})"
             )
         return self
+
+
+def split_seed(params: Params) -> int:
+    """The seed that draws the splits: fixed by `ingest.split_seed` when several training
+    seeds must share one split (seed studies), else the global seed."""
+    return params.ingest.split_seed if params.ingest.split_seed is not None else params.seed
 
 
 def _format_error(path: Path, err: ValidationError) -> str:

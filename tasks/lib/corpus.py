@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tasks.lib.contract import DAMAGE_REGEX
-from tasks.lib.textclean import clean_text, normalise
+from tasks.lib.textclean import clean_text, leak_keys, normalise
 
 EMPTY = "empty after cleaning"
 SHORT = "shorter than corpus.min_chars"
@@ -20,31 +20,50 @@ EXACT_DUPLICATE = "exact duplicate"
 NEAR_DUPLICATE = "duplicate after normalisation"
 EQUALS_HELD_OUT = "equal to a validation/test text"
 CONTAINS_HELD_OUT = "contains a validation/test text"
+MASKED_HELD_OUT = "a validation/test text once usernames, links and retweet prefixes are masked"
 _DAMAGE = re.compile(DAMAGE_REGEX)
 
 
 class HeldOut:
     """Validation and test texts, to be kept out of pretraining: equal after normalisation, or
-    (for those of at least `min_words` words) contained whole in a corpus text."""
+    (for those of at least `min_words` words) contained whole in a corpus text; and the same
+    again once usernames, links and retweet prefixes are masked (`textclean.leak_keys`), so a
+    retweet of a short test tweet, or a copy naming another user, is caught too."""
 
     def __init__(self, texts: Iterable[str], min_words: int):
+        texts = list(texts)
+        self.keys = {k for k in map(normalise, texts) if k}
+        self.masked = {keys[0] for keys in map(leak_keys, texts) if keys}
+        self.contained = _Automaton(self.keys, min_words)
+        self.masked_contained = _Automaton(self.masked, min_words)
+
+    def reason(self, text: str, key: str) -> str | None:
+        if key in self.keys:
+            return EQUALS_HELD_OUT
+        if self.contained.finds(key):
+            return CONTAINS_HELD_OUT
+        masked = leak_keys(text)
+        if any(k in self.masked for k in masked) or (masked and self.masked_contained.finds(masked[0])):
+            return MASKED_HELD_OUT
+        return None
+
+
+class _Automaton:
+    """Finds any of the `keys` of at least `min_words` words, as whole words, inside a key."""
+
+    def __init__(self, keys: set[str], min_words: int):
         import ahocorasick
 
-        self.keys = {k for k in map(normalise, texts) if k}
         self.automaton = ahocorasick.Automaton()
-        for key in self.keys:
+        for key in keys:
             if len(key.split()) >= min_words:
                 self.automaton.add_word(f" {key} ", key)  # spaces: whole words only
         self.searchable = len(self.automaton) > 0
         if self.searchable:
             self.automaton.make_automaton()
 
-    def reason(self, key: str) -> str | None:
-        if key in self.keys:
-            return EQUALS_HELD_OUT
-        if self.searchable and next(self.automaton.iter(f" {key} "), None) is not None:
-            return CONTAINS_HELD_OUT
-        return None
+    def finds(self, key: str) -> bool:
+        return self.searchable and next(self.automaton.iter(f" {key} "), None) is not None
 
 
 class Seen:
@@ -148,7 +167,7 @@ def accepted(
             EMPTY if not key
             else SHORT if len(text) < min_chars
             else DAMAGED if _DAMAGE.search(text)
-            else held_out.reason(key)
+            else held_out.reason(text, key)
         )  # fmt: skip
         if reason:
             counts[reason] += 1

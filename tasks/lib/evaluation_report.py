@@ -31,6 +31,18 @@ def verdict(model: dict, baseline: dict) -> tuple[bool, str]:
     return False, f"The TF-IDF baseline beats the model by {-gap:.1f} macro-F1 points ({scores})."
 
 
+def baseline_tuning(baseline: dict) -> str:
+    """How the baseline was chosen, in words (older metrics, from before it was tuned, say so)."""
+    t = baseline.get("tuning")
+    if not t:
+        return "The baseline was not tuned (C=4, fixed)."
+    tried = ", ".join(f"C={g['C']:g}: {g['val_macro_f1']:.4f}" for g in t["grid"])
+    return (
+        f"TF-IDF ({t['features']}) + logistic regression, C={t['chosen_c']:g}: the best {t['chosen_on']} "
+        f"of the grid ({tried}); the test split chose nothing."
+    )
+
+
 def render_report(metrics: dict, ident: dict[str, str], folder: Path) -> str:
     """The evaluation page: verdict, identity, labelled tables and the confusion matrices
     embedded (read from `folder`), so it reads the same from disk and in MLflow."""
@@ -64,6 +76,7 @@ def render_report(metrics: dict, ident: dict[str, str], folder: Path) -> str:
 <p class="verdict">{html.escape(said)}</p>
 {identity_table(ident)}
 {overall}
+<p>{html.escape(baseline_tuning(baseline))}</p>
 <p>ECE (expected calibration error) is how far the model's confidence is from how often it is right,
 averaged over confidence bins: 0 means a prediction made with 80% confidence is right 80% of the time;
 {model["ece"]:.3f} means the stated confidence is off by {model["ece"] * 100:.1f} points on average.</p>

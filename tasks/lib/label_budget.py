@@ -2,8 +2,9 @@
 
 Fine-tuning and the TF-IDF baseline train on the same stratified sample, so the comparison
 at N labels is fair; pretraining still reads all the text. The sample depends only on the
-training split's labels, N and the split seed, so every fine-tuning seed and every model of
-a label-efficiency curve sees the same N rows.
+training split's labels, N and the fine-tuning seed: every model of a label-efficiency curve
+sees the same N rows at a given seed, and each seed draws its own rows, so the spread over
+seeds covers which rows got labels, not only the head's initialisation and batch order.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from tasks.lib.common import StageError
 from tasks.lib.config import Params
 
 
-def sample_seed(params: Params) -> int:
-    """The seed that fixes the sample: the split's, so it stays put while other seeds vary."""
-    return params.ingest.split_seed if params.ingest.split_seed is not None else params.seed
+def finetune_seed(params: Params) -> int:
+    """Fine-tuning's seed (`finetune.seed`, else the global one): the head, the batch order,
+    dropout and the label sample."""
+    return params.finetune.seed if params.finetune.seed is not None else params.seed
 
 
 def budget_rows(labels: Sequence[str], budget: int | None, classes: Sequence[str], seed: int) -> np.ndarray:

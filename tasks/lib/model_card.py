@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from tasks.lib import catalog
 from tasks.lib.common import read_json
+from tasks.lib.evaluation_report import baseline_tuning
 
 
 def known_limits(metrics: dict, finetuned: dict, tokenize_max_length: int) -> list[str]:
@@ -54,6 +55,12 @@ def render(
             f"labelled rows (the weights of step {finetuned.get('best_step')} of {finetuned.get('steps')} kept: "
             "best validation macro-F1)"
         )
+        if "probe_accuracy" in pretrained:
+            how += (
+                f"; before fine-tuning, a linear probe of the language model's frozen features scored "
+                f"validation accuracy {pretrained['probe_accuracy']:.4f} (macro-F1 {pretrained['probe_macro_f1']:.4f}, "
+                f"{pretrained['probe_rows']:,} labelled rows)"
+            )
     else:
         how = f"{arch} ({shape}), fine-tuned"
     rows = ", ".join(f"{k} {v:,}" for k, v in snapshot.get("rows", {}).items())
@@ -85,8 +92,8 @@ Input: raw strings; output: a label and one probability per class.
 ## Results on the test split ({metrics["test_rows"]:,} rows)
 
 - Model: accuracy {t["accuracy"]:.4f}, macro-F1 {t["macro_f1"]:.4f}, ECE {t["ece"]:.4f}
-- Baseline, TF-IDF (word 1–2-grams + char 2–5-grams) + logistic regression on the same rows:
-  accuracy {b["accuracy"]:.4f}, macro-F1 {b["macro_f1"]:.4f}
+- Baseline, on the same rows: accuracy {b["accuracy"]:.4f}, macro-F1 {b["macro_f1"]:.4f}.
+  {baseline_tuning(b)}
 
 Per class:
 

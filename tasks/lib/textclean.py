@@ -20,6 +20,10 @@ _SPACE = re.compile(r"\s+")
 # Numeric entities whose ampersand became a space on the way ("It #39;s" in AG News).
 _BARE_ENTITY = re.compile(r"(?:(?<=\w) ?|(?<![&\w]))#(\d{2,4});")
 _NON_WORD = re.compile(r"[\W_]+")
+# What makes two copies of one tweet differ: who is named, which link shortener, a retweet prefix.
+_URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
+_MENTION = re.compile(r"@\w+")
+_RETWEET = re.compile(r"\brt\s+@\w+\s*:?", re.IGNORECASE)
 
 
 def clean_text(text: str) -> str:
@@ -36,3 +40,16 @@ def normalise(text: str) -> str:
     """Key under which two texts count as the same: case, punctuation and spacing ignored."""
     text = unicodedata.normalize("NFKC", text).casefold()
     return _SPACE.sub(" ", _NON_WORD.sub(" ", text)).strip()
+
+
+def leak_keys(text: str) -> list[str]:
+    """Keys under which a text may be a copy of another: `normalise`d after links become
+    "http", usernames "@user" and retweet prefixes ("RT @name:") go; then, for each retweet
+    inside the text, the key of what follows it (a short tweet quoted with a comment)."""
+    parts = _RETWEET.split(_URL.sub(" http ", text))
+    keys = [_masked(" ".join(parts))] + [_masked(p) for p in parts[1:]]
+    return [k for k in dict.fromkeys(keys) if k]
+
+
+def _masked(text: str) -> str:
+    return normalise(_MENTION.sub(" @user ", text))
