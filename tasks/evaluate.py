@@ -13,7 +13,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from tasks.lib import catalog
-from tasks.lib.baseline import fit_baseline
+from tasks.lib.baseline import TunedBaseline, fit_baseline
 from tasks.lib.common import atomic_dir, run_stage, write_json_atomic
 from tasks.lib.config import Params, load_params
 from tasks.lib.evaluation_report import SIDES, headline, write_report
@@ -79,6 +79,16 @@ def predictions_table(texts: list[str], y: np.ndarray, proba: np.ndarray, labels
     return table
 
 
+def tfidf_baseline(params: Params, labels: list[str], root: Path = Path(".")) -> tuple[TunedBaseline, pd.DataFrame]:
+    """The baseline, fitted on the rows fine-tuning learned from (the label budget's sample) and,
+    like the network, chosen on the validation split; and those rows."""
+    train = pd.read_parquet(catalog.at(root, catalog.split_file("train")))
+    train = train.iloc[budget_rows(train["label"], params.finetune.max_labels, labels, finetune_seed(params))]
+    validation = pd.read_parquet(catalog.at(root, catalog.split_file("validation")))
+    e = params.evaluate
+    return fit_baseline(train, validation, labels, e.baseline_max_features, e.baseline_c, params.seed), train
+
+
 def evaluate(params: Params, runs: dict[str, str] | None = None) -> dict:
     from models.inference import encode, predict_proba
     from tasks.finetune import load_classifier
@@ -86,16 +96,10 @@ def evaluate(params: Params, runs: dict[str, str] | None = None) -> dict:
 
     # The served model's path: raw test texts through the saved tokenizer and the shared predictor.
     model, labels = load_classifier(catalog.FINETUNED)
-    train_df = pd.read_parquet(catalog.split_file("train"))
-    # The baseline learns from the rows fine-tuning learned from (the label budget's sample)
-    # and, like it, is chosen on the validation split.
-    train_df = train_df.iloc[budget_rows(train_df["label"], params.finetune.max_labels, labels, finetune_seed(params))]
-    validation_df = pd.read_parquet(catalog.split_file("validation"))
     test_df = pd.read_parquet(catalog.split_file("test"))
     y = test_df["label"].map({n: i for i, n in enumerate(labels)}).to_numpy()
     proba = predict_proba(model, encode(load_tokenizer(), test_df["text"].tolist()))
-    e = params.evaluate
-    baseline = fit_baseline(train_df, validation_df, labels, e.baseline_max_features, e.baseline_c, params.seed)
+    baseline, train_df = tfidf_baseline(params, labels)
     base_proba = baseline.predict_proba(test_df["text"])
     ours = classification_metrics(y, proba, labels, params.evaluate.ece_bins)
     base = classification_metrics(y, base_proba, labels, params.evaluate.ece_bins) | {"tuning": baseline.record()}

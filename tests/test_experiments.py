@@ -58,6 +58,14 @@ def _job(profile: str, model: str, budget, seed: int, acc: float, tfidf: float =
             "best_step": 300, "steps": 800, "finetune_s": 30.0, "pretraining": pretraining}  # fmt: skip
 
 
+def _tfidf(profile: str, budget, seed: int, acc: float) -> dict:
+    """A record of `curve-baseline`: the tuned TF-IDF alone, on seed `seed`'s label sample."""
+    return {"key": label_curve.job_key(profile, "tfidf", budget, seed), "profile": profile, "model": "tfidf",
+            "budget": budget, "labelled_rows": budget or 6000, "seed": seed, "test_accuracy": acc,
+            "test_macro_f1": acc, "tfidf_accuracy": acc, "tfidf_macro_f1": acc, "tfidf_c": 4.0,
+            "best_val_macro_f1": acc}  # fmt: skip
+
+
 def test_label_curve_targets_table_and_plots(tmp_path):
     jobs = []
     for seed, jitter in ((1, -0.01), (2, 0.0), (3, 0.01)):
@@ -69,33 +77,49 @@ def test_label_curve_targets_table_and_plots(tmp_path):
     assert summary[("sst2", "tfidf", 100)]["n"] == 1  # one fit, seen in six jobs
     refit = label_curve.cells([*jobs, _job("sst2", "mlm", 100, 4, 0.75, tfidf=0.72)])[("sst2", "tfidf", 100)]
     assert refit["n"] == 2 and abs(refit["acc"] - 0.71) < 1e-12 and refit["sd"] > 0  # a fit that landed apart
-    text = label_curve.report(jobs, tmp_path)  # plots go to tmp_path, never into docs/
-    # 100 labels: +15 points over scratch and +5 over TF-IDF against a spread of 1: met.
-    assert (
-        "| sst2 | 100 | MLM-pretrained (0.7500) | +15.00 (1.00) | > 2× spread | +5.00 (1.00) | > 2× spread | yes |"
-        in text
-    )
+    # The baseline's own records (one per seed's sample) take precedence over what the jobs saw.
+    tuned = label_curve.cells([*jobs, *(_tfidf("sst2", 100, s, a) for s, a in ((1, 0.69), (2, 0.70), (3, 0.71)))])
+    assert tuned[("sst2", "tfidf", 100)]["n"] == 3 and abs(tuned[("sst2", "tfidf", 100)]["sd"] - 0.01) < 1e-12
+    text = label_curve.report(jobs, [], tmp_path)  # plots go to tmp_path, never into docs/
+    # 100 labels: the default, +15 points over scratch and +5 over TF-IDF against a spread of 1: met.
+    assert "| sst2 | 100 | 0.7500 | +15.00 (1.00) | +5.00 (1.00) | > 2× spread | yes | same |" in text
     # all labels: +1 over scratch with a spread of 1 is not more than the spread.
-    assert (
-        "| sst2 | all | MLM-pretrained (0.8400) | +1.00 (1.00) | > 1× spread | +2.00 (1.00) | not a target | **no** |"
-        in text
-    )
-    assert "best pretrained is MLM-pretrained at 0.8400; target **missed by 1.00 points**" in text
-    one_seed = label_curve.report([j for j in jobs if j["seed"] == 1], tmp_path)  # no spread: not judged
-    assert (
-        "| sst2 | 100 | MLM-pretrained (0.7400) | +15.00 (0.00) | > 2× spread | +4.00 (0.00) | > 2× spread | not judged (one seed) |"
-        in one_seed
-    )
+    assert "| sst2 | all | 0.8400 | +1.00 (1.00) | +2.00 (1.00) | > 1× spread (control only) | **no** | same |" in text
+    assert "the shipped default scores 0.8400; target **missed by 1.00 points**" in text
+    # A variant validation prefers is shown beside the default, which alone decides "met".
+    variant = [_job("sst2", "adapted-unfreeze", 100, s, 0.80 + j) for s, j in ((1, -0.01), (2, 0.0), (3, 0.01))]
+    for v in variant:
+        v["best_val_macro_f1"] = 0.9
+    weak_default = [{**j, "test_accuracy": j["test_accuracy"] - 0.1} if j["model"] == "mlm" else j for j in jobs]
+    text = label_curve.report([*weak_default, *variant], [], tmp_path)
+    assert ("| sst2 | 100 | 0.6500 | +5.00 (1.00) | -5.00 (1.00) | > 2× spread | **no** | "
+            "adapted, gradual unfreezing (0.8000) | +20.00 (1.00) | +10.00 (1.00) | yes |") in text  # fmt: skip
+    assert "| **MLM-pretrained (shipped default)** | 0.6500 ± 0.0100 (n=3) |" in text
+    one_seed = label_curve.report([j for j in jobs if j["seed"] == 1], [], tmp_path)  # no spread: not judged
+    assert "| sst2 | 100 | 0.7400 | +15.00 (0.00) | +4.00 (0.00) | > 2× spread | not judged (one seed) |" in one_seed
     assert "Labelled rows per budget: 100 = 100, all = 6,000" in text
-    assert "- `mlm`: mlm, 1500 steps, 6,000,000 tokens, 4.0 min on 1 thread(s), validation loss 6.10000" in text
+    assert (
+        "- `mlm` (seed 1): mlm, 1500 steps, 6,000,000 tokens, 4.0 min on 1 thread(s), validation loss 6.10000" in text
+    )
     rebuilt = _job("sst2", "mlm", 100, 4, 0.75)
     rebuilt["pretraining"] = {**rebuilt["pretraining"], "val_loss": 6.2}  # new weights: a second build
     repeated = _job("sst2", "mlm", 100, 5, 0.75)
     repeated["pretraining"] = {**repeated["pretraining"], "wall_s": 480.0}  # same weights, other cost: the same
-    text = label_curve.report([*jobs, rebuilt, repeated], tmp_path)
-    assert text.count("- `mlm`: mlm, 1500 steps") == 2 and "validation loss 6.20000" in text
+    text = label_curve.report([*jobs, rebuilt, repeated], [], tmp_path)
+    assert text.count("- `mlm` (seed 1): mlm, 1500 steps") == 2 and "validation loss 6.20000" in text
+    # The earlier protocol's records get their own tables and plots.
+    text = label_curve.report([], jobs, tmp_path)
+    assert "No record of the current protocol yet." in text and "results/label_curve_v1_sst2.png" in text
     paths = label_curve.plot(summary, tmp_path)
     assert [p.name for p in paths] == ["label_curve_sst2.png"] and paths[0].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_key_cells_repeat_the_pretraining_with_a_second_seed(tmp_path):
+    plain = label_curve.job_overrides("sst2", "mlm", 100, 2, threads=1)
+    second = label_curve.job_overrides("sst2", "mlm", 100, 2, threads=1, pretrain_seed=2)
+    assert second == {**plain, "seed": 2} and plain["seed"] == label_curve.PRETRAIN_SEED
+    assert label_curve.job_key("sst2", "mlm", 100, 2, 2) == "sst2/mlm/100/seed2/pretrain2"
+    assert label_curve.pretraining_folder("sst2", "mlm", 2).name == "mlm-pretrain2"
 
 
 def test_a_fine_tuning_variant_shares_its_pretraining_and_adds_its_knobs():

@@ -59,6 +59,16 @@ def test_masking_skips_special_tokens_and_is_seeded():
     assert torch.equal(x, x2) and torch.equal(targets, t2)
 
 
+def test_every_masked_position_can_show_mask():
+    ids = torch.tensor([[2] + list(range(5, 205)) + [3]])
+    bert, _ = mask_tokens(ids, 4, 50, SPECIAL, 0.5, torch.Generator().manual_seed(2))
+    x, targets = mask_tokens(ids, 4, 50, SPECIAL, 0.5, torch.Generator().manual_seed(2), mask_token_share=1.0)
+    chosen = targets != -100
+    # The same positions are chosen; each now shows [MASK], none is left as it was or made random.
+    assert torch.equal(chosen, mask_tokens(ids, 4, 50, SPECIAL, 0.5, torch.Generator().manual_seed(2))[1] != -100)
+    assert (x[chosen] == 4).all() and torch.equal(x[~chosen], ids[~chosen]) and (bert[chosen] != 4).any()
+
+
 def test_the_masked_only_view_scores_just_the_mask_positions():
     from tasks.pretrain import masked_only
 

@@ -29,6 +29,11 @@ class MaskedLMHead(nn.Module):
 class MaskedLM(Objective):
     name = "mlm"
     causal = False
+    knobs = ("mask_token_share",)
+
+    def __init__(self, tokens, mask_prob: float, mask_token_share: float = 0.8):
+        super().__init__(tokens, mask_prob)
+        self.mask_token_share = mask_token_share
 
     @property
     def decoded_share(self) -> float:
@@ -38,7 +43,8 @@ class MaskedLM(Objective):
         return MaskedLMHead(config)
 
     def batch(self, rows, generator):
-        return mask_tokens(rows, self.tokens.mask, self.tokens.vocab_size, self.tokens.tensor(), self.mask_prob, generator)
+        return mask_tokens(rows, self.tokens.mask, self.tokens.vocab_size, self.tokens.tensor(), self.mask_prob, generator,
+                           self.mask_token_share)  # fmt: skip
 
 
 def mask_tokens(
@@ -48,14 +54,18 @@ def mask_tokens(
     special_ids: torch.Tensor,
     mask_prob: float,
     generator: torch.Generator,
+    mask_token_share: float = 0.8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT masking: of the chosen positions 80% -> [MASK], 10% -> random token, 10% kept."""
+    """BERT masking: of the chosen positions `mask_token_share` (BERT: 80%) -> [MASK], half of the
+    rest -> a random token, half kept. 1.0 shows [MASK] everywhere (Wettig et al. 2023): the
+    loss then scores only positions whose token is hidden."""
     ids = ids.clone()
     candidate = ~torch.isin(ids, special_ids)
     chosen = (torch.rand(ids.shape, generator=generator) < mask_prob) & candidate
     targets = torch.where(chosen, ids, torch.full_like(ids, -100))
     roll = torch.rand(ids.shape, generator=generator)
-    ids[chosen & (roll < 0.8)] = mask_id
-    rand_pos = chosen & (roll >= 0.8) & (roll < 0.9)
+    random_until = mask_token_share + (1 - mask_token_share) / 2
+    ids[chosen & (roll < mask_token_share)] = mask_id
+    rand_pos = chosen & (roll >= mask_token_share) & (roll < random_until)
     ids[rand_pos] = torch.randint(vocab_size, ids.shape, generator=generator)[rand_pos]
     return ids, targets

@@ -202,6 +202,7 @@ class PretrainParams(_TrainingParams):
     warmup_steps: int = Field(ge=0)
     mask_prob: float = Field(gt=0, le=0.5)  # share of positions masked (mlm, electra)
     mask_prob_final: float | None = Field(gt=0, le=0.5)  # set: the rate falls linearly to this by max_steps
+    mask_token_share: float = Field(ge=0, le=1)  # mlm: of the masked positions, shown as [MASK] (BERT: 0.8)
     generator_width: float = Field(gt=0, le=1)  # electra: the generator's width, a share of d_model
     discriminator_weight: float = Field(gt=0)  # electra: the replaced-token loss's weight (paper: 50)
     log_every: int = Field(ge=1)
