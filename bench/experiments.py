@@ -365,13 +365,15 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("curve", parents=[cells], help="label budgets x models x seeds (bench/label_curve.py)")
     c.add_argument("--models", nargs="+", default=list(label_curve.CURVE_MODELS), choices=list(label_curve.MODELS))
     c.add_argument("--workers", type=int, default=2, help="jobs at a time, one thread each")
+    c.add_argument("--pretrain-seeds", nargs="+", type=int, default=list(label_curve.PRETRAIN_SEEDS),
+                   help="language-model seeds: the first for every cell, the others for the key budgets")  # fmt: skip
     sub.add_parser("curve-baseline", parents=[cells], help="the tuned TF-IDF baseline of every curve cell, no network")
     sub.add_parser("curve-report")
     args = ap.parse_args(argv)
     if args.command.startswith("curve"):
         budgets = [None if b == "all" else int(b) for b in getattr(args, "budgets", [])]
         if args.command == "curve":
-            label_curve.run_curve(args.profiles, args.models, budgets, args.seeds, args.workers)
+            label_curve.run_curve(args.profiles, args.models, budgets, args.seeds, args.workers, args.pretrain_seeds)
         elif args.command == "curve-baseline":
             label_curve.run_baseline(args.profiles, budgets, args.seeds)
     elif args.command == "run":
