@@ -227,7 +227,7 @@ def job_overrides(
             **finetuning}  # fmt: skip
 
 
-def run_job(profile: str, model: str, budget: int | None, seed: int, threads: int, pretrain_seed: int) -> dict:
+def run_job(profile: str, model: str, budget: int | None, seed: int, pretrain_seed: int, threads: int) -> dict:
     pretraining = MODELS[model][0]
     source = pretraining_folder(profile, pretraining, pretrain_seed)
     key = job_key(profile, model, budget, seed, pretrain_seed)

@@ -11,7 +11,10 @@ ordinary token a target; [CLS], [SEP] and the other special tokens never are):
 
 The interpolation weight is chosen on the last tenth of the corpus, counted on the rest; the
 validation split chooses nothing. Run after `dvc repro pretrain` (or in any folder the stages
-ran in); prints the references beside the language model's own validation loss:
+ran in); prints the references beside the language model's own validation loss. For MLM the
+like-for-like figure is its loss at [MASK] positions alone (`val_masked_loss`): its headline
+loss also scores chosen tokens left in place, which it can copy, and no count model sees the
+token it predicts:
 
     python bench/ngram_reference.py
 """
@@ -98,8 +101,10 @@ def main() -> None:
     for name, loss in rows.items():
         print(f"  {name:34s} {loss:.3f} nats")
     if "val_loss" in meta:
-        print(f"  {'language model (' + meta['objective'] + ', ' + format(meta['step'], ',') + ' steps)':34s} "
-              f"{meta['val_loss']:.3f} nats (its validation loss)")  # fmt: skip
+        name = f"language model ({meta['objective']}, {meta['step']:,} steps)"
+        print(f"  {name:34s} {meta['val_loss']:.3f} nats (its validation loss)")
+    if "val_masked_loss" in meta:
+        print(f"  {name:34s} {meta['val_masked_loss']:.3f} nats (at [MASK] positions only: like for like)")
 
 
 if __name__ == "__main__":
