@@ -34,6 +34,9 @@ from tasks.lib.tracking import PARENT_ENV, PARENT_TAG, configure, fail_abandoned
 
 STAGES = ("ingest", "validate", "corpus", "tokenize", "pretrain", "finetune", "evaluate", "register")
 TRAINING = ("pretrain", "finetune")
+# The stages whose outputs the training stages read: the tokenized data, and the validated
+# splits (pretrain records the validation/test texts its corpus held out: the leak guard).
+TRAINING_INPUTS = ("validate", "tokenize")
 LOCK_ARTIFACT = "training/dvc.lock"
 
 
@@ -218,7 +221,7 @@ def train_remotely(deployment: str, root: Path, parent_run_id: str, stages=TRAIN
     import mlflow
     from prefect.deployments import run_deployment
 
-    dvc_push(str(root))  # the training side pulls the tokenized data from the remote
+    dvc_push(str(root))  # the training side pulls its inputs (TRAINING_INPUTS) from the remote
     parameters = {
         "lock": catalog.at(root, catalog.DVC_LOCK).read_text(),
         "params": catalog.at(root, catalog.PARAMS).read_text(),
@@ -253,7 +256,7 @@ def train(lock: str, params: str, parent_run_id: str, commit: str = "", root: st
     with workspace_lock(root_path, say=logger.info):
         params_file.write(params, catalog.at(root_path, catalog.PARAMS))
         catalog.at(root_path, catalog.DVC_LOCK).write_text(lock)
-        dvc_pull(str(root_path), recorded_outs(lock, ("tokenize",)))
+        dvc_pull(str(root_path), recorded_outs(lock, TRAINING_INPUTS))
         dvc_pull(str(root_path), recorded_outs(lock, stages), allow_missing=True)  # earlier checkpoints, if any
         configure(root_path)
         pool = pool_of_this_run()
